@@ -1,0 +1,217 @@
+"""Parameterizations (eps / x / v), their exact conversions, and the training loss.
+
+With z = alpha x + sigma eps (variance preserving, alpha^2 + sigma^2 = 1) a network output can
+predict the noise eps, the data x, or the velocity v = alpha eps - sigma x (Salimans & Ho 2022,
+"Progressive Distillation", eq. 7 / appendix D). Given z and lambda each determines the others:
+
+    x = (z - sigma eps) / alpha        eps = (z - alpha x) / sigma
+    x = alpha z - sigma v              eps = sigma z + alpha v
+
+Tensor shapes: ``z, x, eps, v`` are ``[B, ...]`` (videos ``[B, C, F, H, W]``); ``alpha``, ``sigma``
+are broadcastable to them (``[B, 1, 1, 1, 1]``) or Python floats; ``logsnr`` is ``[B]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from kinema.diffusion.schedule import Schedule, alpha_sigma
+
+Parameterization = Literal["eps", "x", "v"]
+PARAMETERIZATIONS = ("eps", "x", "v")
+WEIGHTINGS = ("eps", "x", "v", "min_snr")
+T_SAMPLINGS = ("uniform", "stratified")
+
+
+class Prediction(NamedTuple):
+    """The denoiser's estimate of the clean data and of the noise; both ``[B, ...]``."""
+
+    x: Tensor
+    eps: Tensor
+
+
+def broadcast_to(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape per-example values ``[B]`` to ``[B, 1, ..., 1]`` matching ``like``'s rank."""
+    return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
+
+
+def coefficients(logsnr: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha, sigma for per-example ``logsnr [B]``, computed in float64, cast to ``like.dtype``
+    and shaped ``[B, 1, ..., 1]`` for broadcasting against ``like [B, ...]``."""
+    alpha, sigma = alpha_sigma(logsnr.detach().to("cpu", torch.float64) if logsnr.device.type == "mps" else logsnr)
+    alpha = broadcast_to(alpha.to(like.dtype), like).to(like.device)
+    sigma = broadcast_to(sigma.to(like.dtype), like).to(like.device)
+    return alpha, sigma
+
+
+def x_from_eps(z: Tensor, eps: Tensor, alpha, sigma) -> Tensor:
+    """x = (z - sigma eps) / alpha  (from z = alpha x + sigma eps; Ho et al. 2020 eq. 15)."""
+    return (z - sigma * eps) / alpha
+
+
+def eps_from_x(z: Tensor, x: Tensor, alpha, sigma) -> Tensor:
+    """eps = (z - alpha x) / sigma  (from z = alpha x + sigma eps)."""
+    return (z - alpha * x) / sigma
+
+
+def v_from_x_eps(x: Tensor, eps: Tensor, alpha, sigma) -> Tensor:
+    """v = alpha eps - sigma x  (Salimans & Ho 2022, Progressive Distillation, section 4)."""
+    return alpha * eps - sigma * x
+
+
+def x_from_v(z: Tensor, v: Tensor, alpha, sigma) -> Tensor:
+    """x = alpha z - sigma v  (Salimans & Ho 2022, appendix D; uses alpha^2 + sigma^2 = 1)."""
+    return alpha * z - sigma * v
+
+
+def eps_from_v(z: Tensor, v: Tensor, alpha, sigma) -> Tensor:
+    """eps = sigma z + alpha v  (Salimans & Ho 2022, appendix D; uses alpha^2 + sigma^2 = 1)."""
+    return sigma * z + alpha * v
+
+
+def _check_parameterization(parameterization: str) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+
+
+def prediction_from_output(output: Tensor, z: Tensor, alpha, sigma, parameterization: Parameterization) -> Prediction:
+    """Turn a network output in ``parameterization`` into (x_hat, eps_hat), given z_t.
+
+    Shapes: ``output, z [B, ...]``; ``alpha, sigma`` broadcastable. Exact inverse of
+    :func:`output_from_prediction`.
+    """
+    _check_parameterization(parameterization)
+    if parameterization == "eps":
+        return Prediction(x_from_eps(z, output, alpha, sigma), output)
+    if parameterization == "x":
+        return Prediction(output, eps_from_x(z, output, alpha, sigma))
+    return Prediction(x_from_v(z, output, alpha, sigma), eps_from_v(z, output, alpha, sigma))
+
+
+def output_from_prediction(x: Tensor, eps: Tensor, alpha, sigma, parameterization: Parameterization) -> Tensor:
+    """The target a network in ``parameterization`` should output for data x and noise eps."""
+    _check_parameterization(parameterization)
+    if parameterization == "eps":
+        return eps
+    if parameterization == "x":
+        return x
+    return v_from_x_eps(x, eps, alpha, sigma)
+
+
+Net = Callable[..., Tensor]
+
+
+class Denoiser:
+    """Wrap a backbone ``net(z_t, logsnr, cond) -> output`` into ``(z, logsnr, cond) -> Prediction``.
+
+    This is the one place where the parameterization is interpreted (DESIGN.md section 3), so
+    samplers, guidance and distillation work with any backbone and parameterization.
+    ``logsnr`` may be a float or a ``[B]`` tensor; the backbone receives ``[B]`` in z's dtype.
+    """
+
+    def __init__(self, net: Net, parameterization: Parameterization = "v") -> None:
+        _check_parameterization(parameterization)
+        self.net = net
+        self.parameterization = parameterization
+
+    def __call__(self, z: Tensor, logsnr, cond=None) -> Prediction:
+        logsnr = torch.as_tensor(logsnr, dtype=torch.float64, device=z.device)
+        if logsnr.ndim == 0:
+            logsnr = logsnr.expand(z.shape[0])
+        output = self.net(z, logsnr.to(z.dtype), cond).to(z.dtype)
+        alpha, sigma = coefficients(logsnr, z)
+        return prediction_from_output(output, z, alpha, sigma, self.parameterization)
+
+
+def sample_t(batch: int, method: str = "stratified", *, generator: Optional[torch.Generator] = None,
+             device=None) -> Tensor:
+    """Training times t ~ U(0, 1), ``[batch]`` float64.
+
+    ``"uniform"``: i.i.d. ``"stratified"``: the low-discrepancy sampler of Kingma et al. 2021
+    (Variational Diffusion Models, appendix I.1): t_i = (u + i / B) mod 1 with one shared u, which
+    lowers the variance of the batch loss.
+    """
+    if method == "uniform":
+        return torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+    if method == "stratified":
+        u = torch.rand(1, generator=generator, dtype=torch.float64, device=device)
+        return torch.remainder(u + torch.arange(batch, dtype=torch.float64, device=device) / batch, 1.0)
+    raise ValueError(f"unknown t sampling {method!r}; choose one of {T_SAMPLINGS}")
+
+
+def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterization, min_snr_gamma: float = 5.0) -> Tensor:
+    """Per-example factor that turns the MSE in the parameterization's own space into the
+    chosen weighting. ``logsnr [B]`` -> ``[B]`` float64.
+
+    The errors are proportional: eps - eps_hat = -(alpha/sigma)(x - x_hat) and
+    v - v_hat = -(1/sigma)(x - x_hat), so in units of the x-error ||x - x_hat||^2 the three
+    plain losses weigh by 1 (x), SNR (eps) and 1 + SNR (v), with SNR = exp(lambda). Min-SNR-gamma
+    (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", eq. 6) weighs the
+    x-error by min(SNR, gamma). The factor is w_target / w_parameterization.
+    """
+    _check_parameterization(parameterization)
+    snr = torch.exp(logsnr.to(torch.float64))
+    in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}
+    if weighting == "min_snr":
+        target = torch.clamp(snr, max=min_snr_gamma)
+    elif weighting in in_x_units:
+        target = in_x_units[weighting]
+    else:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    return target / in_x_units[parameterization]
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # scalar, mean over the batch
+    per_example: Tensor  # [B]
+    t: Tensor  # [B] float64
+    logsnr: Tensor  # [B] float64
+
+
+def diffusion_loss(
+    net: Net,
+    x: Tensor,
+    cond=None,
+    *,
+    schedule: Schedule = Schedule(),
+    parameterization: Parameterization = "v",
+    weighting: str = "v",
+    min_snr_gamma: float = 5.0,
+    t_sampling: str = "stratified",
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[Tensor] = None,
+    t: Optional[Tensor] = None,
+    frame_weight: Optional[Tensor] = None,
+) -> LossOutput:
+    """Denoising loss for one batch (Ho et al. 2020 eq. 14, in continuous time as in Kingma et
+    al. 2021; weightings per :func:`loss_weight`).
+
+    ``x [B, C, F, H, W]`` clean data in [-1, 1]; samples t (or uses the given ``t [B]``), forms
+    z_t = alpha_t x + sigma_t eps, calls ``net(z_t, logsnr, cond)`` and returns the weighted MSE
+    against the parameterization's target. ``frame_weight [B, F]`` (optional) weighs frames, e.g.
+    zero for known context frames.
+    """
+    batch = x.shape[0]
+    if t is None:
+        t = sample_t(batch, t_sampling, generator=generator, device=x.device)
+    logsnr = schedule.logsnr(t.to(torch.float64))
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    alpha, sigma = coefficients(logsnr, x)
+    z = alpha * x + sigma * noise
+    output = net(z, logsnr.to(x.dtype), cond)
+    target = output_from_prediction(x, noise, alpha, sigma, parameterization)
+    sq = (output.float() - target.float()).pow(2)
+    if frame_weight is not None:
+        fw = frame_weight.to(sq.dtype)[:, None, :, None, None]
+        per_example = (sq * fw).flatten(1).sum(1) / (fw.flatten(1).sum(1) * sq[0, :, 0].numel()).clamp_min(1e-8)
+    else:
+        per_example = sq.flatten(1).mean(1)
+    weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma).to(per_example)
+    per_example = per_example * weight
+    return LossOutput(per_example.mean(), per_example, t, logsnr)

@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from kinema.diffusion.objective import (
+    Denoiser,
+    coefficients,
+    diffusion_loss,
+    loss_weight,
+    output_from_prediction,
+    prediction_from_output,
+    sample_t,
+)
+from kinema.diffusion.schedule import Schedule
+
+
+def _setup(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 2, 4, 4, generator=g, dtype=dtype)
+    eps = torch.randn(6, 3, 2, 4, 4, generator=g, dtype=dtype)
+    logsnr = torch.linspace(-8, 8, 6, dtype=torch.float64)
+    alpha, sigma = coefficients(logsnr, x)
+    return x, eps, alpha, sigma, alpha * x + sigma * eps
+
+
+@pytest.mark.parametrize("param", ["eps", "x", "v"])
+def test_parameterization_round_trip(param):
+    x, eps, alpha, sigma, z = _setup()
+    out = output_from_prediction(x, eps, alpha, sigma, param)
+    pred = prediction_from_output(out, z, alpha, sigma, param)
+    torch.testing.assert_close(pred.x, x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(pred.eps, eps, rtol=0, atol=1e-9)
+
+
+def test_v_definition_and_cross_conversions():
+    x, eps, alpha, sigma, z = _setup()
+    v = output_from_prediction(x, eps, alpha, sigma, "v")
+    torch.testing.assert_close(v, alpha * eps - sigma * x)
+    # converting eps -> v -> x -> eps returns to the start
+    via_v = prediction_from_output(v, z, alpha, sigma, "v")
+    x_out = output_from_prediction(via_v.x, via_v.eps, alpha, sigma, "x")
+    torch.testing.assert_close(prediction_from_output(x_out, z, alpha, sigma, "x").eps, eps, rtol=0, atol=1e-9)
+
+
+def test_unknown_parameterization():
+    x, eps, alpha, sigma, z = _setup()
+    with pytest.raises(ValueError, match="'w'"):
+        prediction_from_output(x, z, alpha, sigma, "w")
+
+
+def test_stratified_t_is_low_discrepancy():
+    g = torch.Generator().manual_seed(1)
+    t = sample_t(16, "stratified", generator=g)
+    assert t.min() >= 0 and t.max() < 1
+    counts = torch.histc(t, bins=16, min=0, max=1)
+    assert torch.all(counts == 1), "one sample per stratum"
+    with pytest.raises(ValueError, match="sobol"):
+        sample_t(4, "sobol")
+
+
+@pytest.mark.parametrize("param", ["eps", "x", "v"])
+@pytest.mark.parametrize("weighting", ["eps", "x", "v", "min_snr"])
+def test_weighted_losses_agree_across_parameterizations(param, weighting):
+    """The same imperfect denoiser gives the same weighted loss whatever space the net outputs."""
+    x, eps, alpha, sigma, z = _setup()
+    t = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
+    schedule = Schedule()
+
+    def net_for(p):
+        def net(z_, logsnr, cond):
+            a, s = coefficients(logsnr.to(torch.float64), z_)
+            x_hat = 0.8 * z_ * a  # a deliberately wrong estimate of x
+            eps_hat = (z_ - a * x_hat) / s
+            return output_from_prediction(x_hat, eps_hat, a, s, p)
+        return net
+
+    ref = diffusion_loss(net_for("x"), x, schedule=schedule, parameterization="x", weighting=weighting, t=t, noise=eps)
+    got = diffusion_loss(net_for(param), x, schedule=schedule, parameterization=param, weighting=weighting, t=t, noise=eps)
+    torch.testing.assert_close(got.per_example, ref.per_example, rtol=1e-6, atol=1e-9)
+
+
+def test_min_snr_weight_caps_snr():
+    lam = torch.tensor([-5.0, 0.0, 5.0], dtype=torch.float64)
+    w = loss_weight(lam, "min_snr", "x", min_snr_gamma=5.0)
+    torch.testing.assert_close(w, torch.minimum(lam.exp(), torch.tensor(5.0, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="huber"):
+        loss_weight(lam, "huber", "x")
+
+
+def test_perfect_denoiser_has_zero_loss_and_gradients_flow():
+    x, eps, *_ = _setup(torch.float32)
+    w = torch.nn.Parameter(torch.tensor(1.0))
+
+    def net(z, logsnr, cond):
+        return w * eps  # eps-prediction that knows the noise
+
+    out = diffusion_loss(net, x, parameterization="eps", weighting="eps", noise=eps)
+    assert out.loss.item() == pytest.approx(0.0, abs=1e-10)
+    w.data.fill_(0.5)
+    out = diffusion_loss(net, x, parameterization="eps", weighting="eps", noise=eps)
+    out.loss.backward()
+    assert w.grad is not None and w.grad.abs().item() > 0
+
+
+def test_frame_weight_ignores_masked_frames():
+    x, eps, *_ = _setup(torch.float32)
+
+    def net(z, logsnr, cond):
+        out = eps.clone()
+        out[:, :, 1] += 3.0  # error only in frame 1
+        return out
+
+    fw = torch.tensor([[1.0, 0.0]] * 6)
+    out = diffusion_loss(net, x, parameterization="eps", weighting="eps", noise=eps, frame_weight=fw)
+    assert out.loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_denoiser_wrapper_broadcasts_scalar_logsnr():
+    x, eps, *_ = _setup(torch.float32)
+    seen = {}
+
+    def net(z, logsnr, cond):
+        seen["logsnr"] = logsnr
+        return torch.zeros_like(z)
+
+    pred = Denoiser(net, "eps")(x, 2.0)
+    assert seen["logsnr"].shape == (6,) and seen["logsnr"].dtype == torch.float32
+    a, _ = coefficients(torch.full((6,), 2.0, dtype=torch.float64), x)
+    torch.testing.assert_close(pred.x, x / a)
