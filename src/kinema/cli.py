@@ -1,0 +1,147 @@
+"""The ``kinema`` command. Thin: parses arguments, builds a config, calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from kinema import __version__
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from kinema.config import load_config, presets, to_yaml
+
+    if args.list or not args.preset:
+        for name, path in presets().items():
+            print(f"{name:32s} {path}")
+        return 0
+    print(to_yaml(load_config(args.preset, args.overrides)), end="")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kinema.config import load_config
+    from kinema.train.loop import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    summary = Trainer(cfg, resume=args.resume).fit()
+    _print0(f"trained {summary['steps']} steps (now at step {summary['final_step']}) in "
+            f"{summary['seconds']:.0f} s; run directory: {summary['out_dir']}")
+    return 0
+
+
+def _print0(msg: str) -> None:
+    from kinema.train.distributed import print0
+
+    print0(msg)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from kinema.data.io import write_video
+    from kinema.pipelines.build import load_from_checkpoint
+    from kinema.pipelines.sample import sample_videos
+
+    model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
+    videos = sample_videos(model, cfg, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                           seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size)
+    out = write_video(args.out, videos, fps=args.fps or cfg.sample.fps)
+    print(f"wrote {args.num} samples of {tuple(videos.shape[1:])} from {ckpt} to {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kinema.config import load_config
+    from kinema.data.io import write_video
+    from kinema.pipelines.sample import sample_videos
+    from kinema.train.loop import Trainer
+
+    out = Path(args.out).expanduser()
+    overrides = [f"train.out_dir={out}", f"train.minutes={args.minutes}"]
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = load_config("demo", overrides + list(args.overrides))
+    print(f"kinema demo: training a small video diffusion model on bouncing shapes for up to "
+          f"{args.minutes} min ({cfg.train.steps} steps max) on {cfg.train.device}...")
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    videos = sample_videos(trainer.ema_model(), cfg, args.num, seed=0)
+    written = [write_video(out / f"samples.{ext}", videos, fps=cfg.sample.fps) for ext in ("gif", "mp4", "png")]
+    ckpts = sorted((out / "ckpt").glob("step-*"))
+    print(f"trained {summary['final_step']} steps in {summary['seconds'] / 60:.1f} min")
+    for path in written:
+        print(f"  samples:    {path}")
+    print(f"  loss curve: {out / 'loss.png'}")
+    print(f"  checkpoint: {ckpts[-1] if ckpts else '(none)'}")
+    print(f"  sample more: kinema sample {out} --num 16 --out more.gif")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kinema",
+        description="Video diffusion models (VDM, Imagen Video, Video LDM, W.A.L.T): train, sample, extend, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"kinema {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("config", help="list presets, or print a resolved config (preset + overrides) as YAML")
+    p.add_argument("preset", nargs="?", help="preset name or YAML path")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--list", action="store_true", help="list the presets that ship with kinema")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("train", help="train a model from a preset or YAML config")
+    p.add_argument("config", help="preset name (see `kinema config --list`) or YAML path")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.batch_size=16")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample videos from a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its newest checkpoint)")
+    p.add_argument("--num", type=int, default=8, help="number of videos (default 8)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's sample.steps)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="default: sample.sampler")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default: as trained)")
+    p.add_argument("--size", type=int, default=None, help="height = width (default: as trained)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--fps", type=int, default=None)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="samples.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("demo", help="train a small model on built-in bouncing shapes and write samples")
+    p.add_argument("--out", default="kinema-demo", help="run directory (default ./kinema-demo)")
+    p.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
+    p.add_argument("--steps", type=int, default=None, help="maximum training steps (default: preset)")
+    p.add_argument("--num", type=int, default=8, help="number of sample videos to write")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo preset")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from kinema.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"kinema {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kinema {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
