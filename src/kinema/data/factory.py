@@ -1,0 +1,33 @@
+"""Build the dataset a :class:`kinema.config.DataConfig` describes."""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+DATASETS = ("bouncing_shapes", "moving_digits", "folder")
+
+
+def build_dataset(cfg) -> Dataset:
+    """``cfg`` is a DataConfig. Returns a map-style dataset of ``{"video": [C, F, H, W], ...}``
+    items; with ``image_fraction > 0`` independent images are appended for joint training."""
+    from kinema.data.synthetic import BouncingShapes, MovingDigits
+    from kinema.data.video_folder import ImageFolder, VideoFolder
+
+    if cfg.dataset == "bouncing_shapes":
+        ds = BouncingShapes(num_frames=cfg.num_frames, size=cfg.size, length=cfg.length, seed=cfg.seed)
+    elif cfg.dataset == "moving_digits":
+        ds = MovingDigits(num_frames=cfg.num_frames, size=cfg.size, length=cfg.length, seed=cfg.seed,
+                          mnist_path=cfg.path)
+    elif cfg.dataset == "folder":
+        if not cfg.path:
+            raise ValueError("data.dataset=folder needs data.path=<folder of videos>")
+        ds = VideoFolder(cfg.path, num_frames=cfg.num_frames, size=cfg.size, frame_stride=cfg.frame_stride,
+                         fps=cfg.fps, crop=cfg.crop, seed=cfg.seed)
+    else:
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; choose one of {DATASETS}")
+    if cfg.image_fraction > 0:
+        from kinema.data.joint import JointImageVideo, image_count
+
+        images = ImageFolder(cfg.image_path, size=cfg.size, seed=cfg.seed) if cfg.image_path else None
+        ds = JointImageVideo(ds, images, num_images=image_count(cfg.num_frames, cfg.image_fraction), seed=cfg.seed)
+    return ds
