@@ -1,0 +1,123 @@
+"""Checkpoints: safetensors for weights, ``weights_only``-loadable torch files for optimizer and
+RNG state, and the resolved config (DESIGN.md section 5 habit 7 and section 7).
+
+Layout of one checkpoint directory ``<run>/ckpt/step-00001000/``::
+
+    model.safetensors    the trained weights
+    ema.safetensors      the EMA weights (what sampling uses by default)
+    trainer.pt           optimizer / scheduler / RNG state and step (torch.load(weights_only=True))
+    config.yaml          the resolved config of the run
+    meta.json            step, kinema version, model name
+
+Writes are atomic: everything goes to a hidden temporary directory that is renamed into place,
+so a crash mid-write never leaves a half checkpoint that resume would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kinema import __version__
+
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_state: Optional[dict],
+                    trainer_state: dict, config_yaml: str, meta: Optional[dict] = None,
+                    keep_last: int = 3) -> Path:
+    """Write checkpoint ``step`` under ``run_dir/ckpt`` atomically; keep the newest ``keep_last``."""
+    root = Path(run_dir) / "ckpt"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
+    if ema_state is not None:
+        save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
+    torch.save(trainer_state, tmp / "trainer.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    info = {"step": step, "kinema_version": __version__, **(meta or {})}
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "ckpt"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name) and (p / "meta.json").exists()]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory, a run directory or its ``ckpt`` folder; return the
+    checkpoint directory (the newest one for the latter two)."""
+    p = Path(path).expanduser()
+    if (p / "meta.json").exists() and (p / "model.safetensors").exists():
+        return p
+    for run in (p, p.parent if p.name == "ckpt" else None):
+        if run is not None:
+            found = list_checkpoints(run)
+            if found:
+                return found[-1]
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}: the path does not exist")
+    raise FileNotFoundError(f"no checkpoint found in {p} (expected model.safetensors + meta.json, "
+                            f"or a run directory with ckpt/step-*)")
+
+
+def load_weights(ckpt_dir: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    """Weights of a checkpoint (EMA by default when present), loaded with safetensors."""
+    d = Path(ckpt_dir)
+    path = d / "ema.safetensors" if ema and (d / "ema.safetensors").exists() else d / "model.safetensors"
+    return load_file(str(path))
+
+
+def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Optimizer / RNG / step state; never unpickles arbitrary objects (weights_only=True)."""
+    return torch.load(Path(ckpt_dir) / "trainer.pt", map_location="cpu", weights_only=True)
+
+
+def load_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt_dir) / "meta.json").read_text())
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``model.load_state_dict(state)`` with an error that says plainly which checkpoint does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (e.g. {shapes[0]})")
+        raise ValueError(f"checkpoint {source} does not fit this model: " + "; ".join(parts)
+                         + ". Was it written by a different model or config?")
+    model.load_state_dict(state)

@@ -1,0 +1,52 @@
+"""Exponential moving average of model weights (Polyak averaging, as used by DDPM / VDM)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Shadow copy of a model's floating-point parameters and buffers, updated as
+    shadow <- d * shadow + (1 - d) * param, with d = min(decay, (1 + step) / (10 + step)) when
+    ``warmup`` is on (so early averages are not dominated by the random initialization).
+    The shadow lives in float32 on the model's device."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup = warmup
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()
+                       if v.dtype.is_floating_point}
+
+    def current_decay(self, step: int) -> float:
+        if self.warmup:
+            return min(self.decay, (1 + step) / (10 + step))
+        return self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = self.current_decay(step)
+        state = model.state_dict()
+        keys = list(self.shadow)
+        shadow = [self.shadow[k] for k in keys]
+        params = [state[k].detach().float() for k in keys]
+        torch._foreach_lerp_(shadow, params, 1.0 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise ValueError(f"EMA state is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into ``model`` (cast to each tensor's dtype)."""
+        state = model.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v.to(state[k].dtype))

@@ -1,0 +1,341 @@
+"""The training loop: a small step function, and a loop that calls hooks around it.
+
+``Trainer(cfg).fit()`` trains ``cfg.model`` on ``cfg.data`` with AdamW, linear warmup, gradient
+clipping and accumulation, an EMA of the weights, bf16 autocast on CUDA (fp32 on CPU), atomic
+checkpoints and exact resume, JSONL / TensorBoard logs, a progress bar, preview GIFs and a
+loss-curve PNG. A NaN/inf loss stops the run with a message naming the step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from kinema.conditioning import Conditioning
+from kinema.config import KinemaConfig, save_config, to_yaml
+from kinema.diffusion.objective import diffusion_loss
+from kinema.pipelines.build import autocast, autocast_dtype, build_model, build_schedule, resolve_device
+from kinema.train import checkpoint as ckpt_io
+from kinema.train.distributed import all_reduce_mean, is_main, print0, rank, world_size
+from kinema.train.ema import EMA
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+def lr_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup from ~0 to 1 over ``warmup_steps`` optimizer steps, then constant."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def batch_to_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, Conditioning]:
+    """Video ``[B, C, F, H, W]`` and its Conditioning from a collated data batch."""
+    x = batch["video"].to(device, non_blocking=True)
+    segments = batch.get("frame_segments")
+    cond = Conditioning(frame_segments=segments.to(device) if segments is not None else None)
+    return x, cond
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar on device, detached (no host sync)
+    grad_norm: torch.Tensor
+
+
+class Trainer:
+    """Owns the model, optimizer, EMA, data stream and run directory of one training run."""
+
+    def __init__(self, cfg: KinemaConfig, *, resume: bool = False, dataset=None) -> None:
+        from kinema.data.factory import build_dataset
+        from kinema.train.distributed import init_from_env
+
+        self.cfg = cfg
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        init_from_env(self.device.type)
+        self.world = world_size()
+        per_step = t.batch_size // (self.world * t.grad_accum)
+        if per_step * self.world * t.grad_accum != t.batch_size or per_step < 1:
+            raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of world_size ({self.world}) "
+                             f"x train.grad_accum ({t.grad_accum})")
+        self.micro_batch = per_step
+        self.amp = autocast_dtype(t.precision, self.device)
+        self.out_dir = Path(t.out_dir).expanduser()
+        torch.manual_seed(t.seed + rank())
+        self.model = build_model(cfg).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
+                                           weight_decay=t.weight_decay, fused=fused)
+        self.schedule = build_schedule(cfg)
+        self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003 + rank())
+        self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
+        self._check_channels()
+        self.step = 0
+        if resume:
+            self._resume()
+        self.net = self._wrap_model()
+        self.history: list[dict] = []
+
+    # ---- setup helpers -----------------------------------------------------------------------------
+
+    def _check_channels(self) -> None:
+        item = self.dataset[0]["video"]
+        want = self.cfg.model.unet.in_channels
+        if item.shape[0] != want:
+            raise ValueError(f"model.unet.in_channels={want} but dataset '{self.cfg.data.dataset}' yields "
+                             f"{item.shape[0]}-channel videos; set model.unet.in_channels={item.shape[0]}")
+
+    def _wrap_model(self):
+        net = self.model
+        if self.cfg.train.compile:
+            net = torch.compile(net)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        return net
+
+    def _resume(self) -> None:
+        found = ckpt_io.list_checkpoints(self.out_dir)
+        if not found:
+            print0(f"no checkpoint in {self.out_dir}/ckpt; starting from scratch")
+            return
+        last = found[-1]
+        ckpt_io.load_model_state(self.model, ckpt_io.load_weights(last, ema=False), last)
+        self.ema.load_state_dict(ckpt_io.load_weights(last, ema=True))
+        state = ckpt_io.load_trainer_state(last)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        gens = state.get("generators", [])
+        if rank() < len(gens):
+            self.generator.set_state(gens[rank()])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        print0(f"resumed from {last} at step {self.step}")
+
+    def batches(self) -> Iterator[dict]:
+        from kinema.data.loader import infinite_batches
+
+        d = self.cfg.data
+        return infinite_batches(self.dataset, self.micro_batch, num_workers=d.num_workers, seed=d.seed,
+                                rank=rank(), world_size=self.world, start_step=self.step * self.cfg.train.grad_accum)
+
+    # ---- the step ------------------------------------------------------------------------------------
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        x, cond = batch_to_inputs(batch, self.device)
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        d = self.cfg.diffusion
+        with autocast(self.device, self.amp):
+            out = diffusion_loss(self.net, x, cond, schedule=self.schedule, parameterization=d.parameterization,
+                                 weighting=d.weighting, min_snr_gamma=d.min_snr_gamma, t_sampling=d.t_sampling,
+                                 generator=self.generator)
+        return out.loss
+
+    def train_step(self, micro_batches: list[dict]) -> StepOutput:
+        """One optimizer step over ``grad_accum`` micro-batches. No host synchronization."""
+        t = self.cfg.train
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr * lr_factor(self.step, t.warmup_steps)
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1 or self.world == 1
+            ctx = self.net.no_sync() if (not sync and hasattr(self.net, "no_sync")) else _null()
+            with ctx:
+                loss = self.loss(batch) / len(micro_batches)
+                loss.backward()
+            total = total + loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   t.grad_clip if t.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        return StepOutput(total, grad_norm)
+
+    # ---- the loop ------------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Train until ``train.steps`` (or the ``train.minutes`` budget); returns a summary."""
+        t = self.cfg.train
+        if is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out_dir / "config.yaml")
+        logger = RunLogger(self.out_dir, tensorboard=t.tensorboard, enabled=is_main())
+        stream = self.batches()
+        start_step, start = self.step, time.time()
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (t.progress and is_main()),
+                   dynamic_ncols=True)
+        loss_sum = torch.zeros((), device=self.device)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+        window_start, window_steps = time.time(), 0
+        stopped_early = False
+        try:
+            while self.step < t.steps:
+                out = self.train_step([next(stream) for _ in range(t.grad_accum)])
+                bad = ~torch.isfinite(out.loss)
+                first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, self.step), first_bad)
+                loss_sum = loss_sum + out.loss
+                window_steps += 1
+                bar.update(1)
+                last = self.step == t.steps
+                over_budget = t.minutes is not None and (time.time() - start) > 60 * t.minutes
+                if self.step % t.log_every == 0 or last or over_budget or self._due(t.ckpt_every) or self._due(t.sample_every):
+                    self._check_finite(first_bad)
+                    mean_loss = all_reduce_mean(loss_sum / window_steps).item()
+                    elapsed = time.time() - window_start
+                    record = {"step": self.step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                              "grad_norm": float(out.grad_norm), "steps_per_s": window_steps / max(elapsed, 1e-9),
+                              "videos_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
+                              "time": time.time() - start}
+                    self.history.append(record)
+                    logger.log(record)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    loss_sum.zero_()
+                    window_start, window_steps = time.time(), 0
+                if self._due(t.ckpt_every) or last or over_budget:
+                    self.save()
+                if t.sample_every > 0 and self._due(t.sample_every) and is_main():
+                    self.preview(self.out_dir / "samples" / f"step-{self.step:08d}.gif")
+                if over_budget and not last:
+                    print0(f"time budget of {t.minutes} min reached at step {self.step}; checkpoint saved")
+                    stopped_early = True
+                    break
+        finally:
+            bar.close()
+            logger.close()
+        if is_main():
+            plot_loss_curve(self.out_dir / "log.jsonl", self.out_dir / "loss.png")
+        return {"steps": self.step - start_step, "final_step": self.step, "stopped_early": stopped_early,
+                "seconds": time.time() - start, "out_dir": str(self.out_dir)}
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        step = int(first_bad.item())
+        if step >= 0:
+            kept = ckpt_io.list_checkpoints(self.out_dir)
+            where = f"; the last good checkpoint is {kept[-1]}" if kept else "; no checkpoint was written"
+            raise NonFiniteLossError(
+                f"training loss became NaN/inf at step {step}{where}. Lower train.lr, check the data "
+                f"(values must be finite, in [-1, 1]) or use train.precision=fp32.")
+
+    def save(self) -> Optional[Path]:
+        """Write a checkpoint (rank 0) with everything exact resume needs."""
+        if not is_main():
+            return None
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "generators": [self.generator.get_state()],
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return ckpt_io.save_checkpoint(self.out_dir, self.step, model_state=self.model.state_dict(),
+                                       ema_state=self.ema.state_dict(), trainer_state=state,
+                                       config_yaml=to_yaml(self.cfg), meta={"model": self.cfg.model.name},
+                                       keep_last=self.cfg.train.keep_last)
+
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights, in eval mode."""
+        model = copy.deepcopy(self.model)  # no re-initialization: the global RNG stays untouched
+        self.ema.copy_to(model)
+        return model.eval()
+
+    def preview(self, path: Path, num: Optional[int] = None) -> Path:
+        """Sample a few videos with the EMA weights and write them (GIF/MP4/PNG by extension)."""
+        from kinema.data.io import write_video
+        from kinema.pipelines.sample import sample_videos
+
+        t = self.cfg.train
+        videos = sample_videos(self.ema_model(), self.cfg, num or t.sample_num, steps=t.sample_steps,
+                               seed=t.seed, progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, videos, fps=self.cfg.sample.fps)
+        return path
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class RunLogger:
+    """JSONL log (always) and TensorBoard scalars (when installed and enabled); rank 0 only."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.file = open(out_dir / "log.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                self.tb = None
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_loss_curve(log_path: Path, out_path: Path) -> Optional[Path]:
+    """Loss against step from a run's log.jsonl, as a PNG (log-scale y)."""
+    if not log_path.exists():
+        return None
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r and math.isfinite(r["loss"])]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,47 @@
+import av
+import numpy as np
+import pytest
+
+from kinema.cli import main
+from tests_helpers import write_mp4
+
+from conftest import tiny_overrides
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "sample", "demo", "config"):
+        assert cmd in out
+
+
+def test_config_command(capsys):
+    assert main(["config", "--list"]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert main(["config", "demo", "train.batch_size=4"]) == 0
+    assert "batch_size: 4" in capsys.readouterr().out
+    assert main(["config", "demo", "train.batchsize=4"]) == 2
+    assert "did you mean 'batch_size'" in capsys.readouterr().err
+
+
+def test_train_resume_sample_on_a_video_folder(tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_mp4(folder / f"clip{i}.mp4", rng, frames=12, size=24)
+    (folder / "broken.mp4").write_bytes(b"not a video at all" * 10)
+    run = tmp_path / "run"
+    args = tiny_overrides(run, **{"data.dataset": "folder", "data.path": str(folder), "train.steps": 2})
+    assert main(["train", "demo", *args]) == 0
+    assert main(["train", "demo", *args, "train.steps=4", "--resume"]) == 0
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-00000002", "step-00000004"]
+    out = tmp_path / "s.mp4"
+    assert main(["sample", str(run), "--num", "1", "--steps", "3", "--out", str(out)]) == 0
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+    assert main(["sample", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

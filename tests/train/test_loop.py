@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+
+from kinema.train.loop import NonFiniteLossError, Trainer, lr_factor
+
+
+def _losses(trainer):
+    return {r["step"]: r["loss"] for r in trainer.history}
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    """An interrupted run that resumes produces the same next losses as an uninterrupted one."""
+    extra = {"model.unet.dropout": 0.1, "train.steps": 6, "train.ckpt_every": 3}
+    full = Trainer(tiny(**{**extra, "train.out_dir": str(tmp_path / "a")}))
+    full.fit()
+    first = Trainer(tiny(**{**extra, "train.out_dir": str(tmp_path / "b"), "train.steps": 3}))
+    first.fit()
+    resumed = Trainer(tiny(**{**extra, "train.out_dir": str(tmp_path / "b")}), resume=True)
+    assert resumed.step == 3
+    resumed.fit()
+    a, b = _losses(full), _losses(resumed)
+    assert sorted(b) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), f"step {step}: {a[step]} vs {b[step]}"
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_run_directory_contents(tiny):
+    cfg = tiny()
+    Trainer(cfg).fit()
+    out = cfg.train.out_dir
+    from pathlib import Path
+
+    out = Path(out)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["loss"] > 0 and "videos_per_s" in r for r in rows)
+    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "config.yaml").exists()
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+class _NaNData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"video": torch.full((3, 4, 16, 16), float("nan")), "caption": ""}
+
+
+def test_nan_loss_stops_with_the_step(tiny):
+    trainer = Trainer(tiny(), dataset=_NaNData())
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 1; no checkpoint was written"):
+        trainer.fit()
+
+
+def test_config_errors_are_plain(tiny):
+    with pytest.raises(ValueError, match=r"batch_size=3 must be a multiple"):
+        Trainer(tiny(**{"train.batch_size": 3, "train.grad_accum": 2}))
+    with pytest.raises(ValueError, match=r"in_channels=1 .* 3-channel"):
+        Trainer(tiny(**{"model.unet.in_channels": 1}))
+
+
+def test_grad_accumulation_runs_and_preview(tiny, tmp_path):
+    trainer = Trainer(tiny(**{"train.batch_size": 4, "train.grad_accum": 2, "train.steps": 2}))
+    assert trainer.micro_batch == 2
+    trainer.fit()
+    path = trainer.preview(tmp_path / "p.gif", num=2)
+    assert path.stat().st_size > 0
+
+
+def test_warmup():
+    assert lr_factor(0, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 10) == 1.0 and lr_factor(100, 10) == 1.0 and lr_factor(0, 0) == 1.0
