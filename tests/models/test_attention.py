@@ -1,76 +1,146 @@
 import math
 
+import pytest
 import torch
 
-from kinema.models.attention import SpatialAttention, TemporalAttention, frame_attention_bias
+from kinema.conditioning import Conditioning
+from kinema.models.attention import (SpatialAttention, TemporalAttention, _stride0_bias, frame_attention_bias,
+                                     relative_position_bucket)
 
 
-def _naive(tokens, layer, bias=None):
-    """softmax(QK^T / sqrt(d) + bias) V, written out (the reference lives only in this test)."""
+def naive_attention(tokens, layer, bias=None):
+    """softmax(Q K^T / sqrt(d) + bias) V with explicit scores (this reference lives only in the test).
+    ``tokens [..., N, C]``; returns the output projection ``[..., N, C]``."""
     q, k, v = layer.qkv(tokens).chunk(3, dim=-1)
-    h = layer.heads
-    split = lambda t: t.reshape(*t.shape[:-1], h, -1).transpose(-2, -3)  # [..., h, n, d]
+    heads = layer.heads
+
+    def split(t):  # [..., N, C] -> [..., heads, N, d]
+        return t.reshape(*t.shape[:-1], heads, -1).transpose(-2, -3)
+
     q, k, v = split(q), split(k), split(v)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if bias is not None:
         scores = scores + bias
-    out = scores.softmax(-1) @ v
-    return layer.proj(out.transpose(-2, -3).reshape(*tokens.shape[:-1], -1))
+    out = torch.softmax(scores, dim=-1) @ v
+    return layer.out(out.transpose(-2, -3).reshape(*tokens.shape[:-1], -1))
 
 
-def _randomize(layer):
+def randomize(layer, seed=0):
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in layer.parameters():
-            p.normal_(0, 0.3)
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     return layer
 
 
 def test_spatial_attention_matches_naive_reference():
-    layer = _randomize(SpatialAttention(8, head_dim=4, norm_groups=2))
-    x = torch.randn(2, 8, 3, 4, 4)
-    out = layer(x)
-    tokens = layer.norm(x).permute(0, 2, 3, 4, 1).reshape(6, 16, 8)
-    ref = _naive(tokens, layer).reshape(2, 3, 4, 4, 8).permute(0, 4, 1, 2, 3)
-    torch.testing.assert_close(out, x + ref, rtol=1e-5, atol=1e-5)
+    layer = randomize(SpatialAttention(8, head_dim=4, norm_groups=2))
+    assert layer.heads == 2
+    x = torch.randn(2, 8, 3, 4, 5)
+    tokens = layer.norm(x).permute(0, 2, 3, 4, 1).reshape(6, 20, 8)  # '(b f) (h w) c'
+    ref = naive_attention(tokens, layer).reshape(2, 3, 4, 5, 8).permute(0, 4, 1, 2, 3)
+    torch.testing.assert_close(layer(x), x + ref, rtol=1e-5, atol=1e-5)
 
 
-def test_temporal_attention_matches_naive_reference_with_bias():
-    layer = _randomize(TemporalAttention(8, head_dim=4, norm_groups=2))
-    x = torch.randn(2, 8, 5, 3, 3)
-    from kinema.conditioning import Conditioning
+def test_spatial_attention_keeps_frames_independent():
+    layer = randomize(SpatialAttention(8, head_dim=4, norm_groups=2))
+    x = torch.randn(1, 8, 3, 4, 4)
+    poked = x.clone()
+    poked[:, :, 1, 0, 0] += 1.0
+    change = (layer(poked) - layer(x)).abs().amax(dim=(0, 1, 3, 4))
+    assert change[1] > 1e-3 and change[0] == 0 and change[2] == 0
 
+
+def test_temporal_attention_matches_naive_reference_with_bias_and_segments():
+    layer = randomize(TemporalAttention(8, head_dim=4, norm_groups=2))
+    x = torch.randn(2, 8, 5, 3, 2)
     segments = torch.tensor([[0, 0, 0, 1, 2], [0, 0, 0, 0, 0]])
     out = layer(x, Conditioning(frame_segments=segments))
     bias = frame_attention_bias(segments, layer.rel_pos(5))  # [B, heads, F, F]
-    tokens = layer.norm(x).permute(0, 3, 4, 2, 1).reshape(2, 9, 5, 8)  # [B, HW, F, C]
-    ref = _naive(tokens, layer, bias[:, None]).reshape(2, 3, 3, 5, 8).permute(0, 4, 3, 1, 2)
+    tokens = layer.norm(x).permute(0, 3, 4, 2, 1).reshape(2, 6, 5, 8)  # [B, HW, F, C]
+    ref = naive_attention(tokens, layer, bias[:, None]).reshape(2, 3, 2, 5, 8).permute(0, 4, 3, 1, 2)
     torch.testing.assert_close(out, x + ref, rtol=1e-5, atol=1e-5)
+    unmasked = naive_attention(tokens, layer, layer.rel_pos(5)).reshape(2, 3, 2, 5, 8).permute(0, 4, 3, 1, 2)
+    torch.testing.assert_close(layer(x), x + unmasked, rtol=1e-5, atol=1e-5)
 
 
 def test_relative_bias_depends_only_on_offset():
-    layer = _randomize(TemporalAttention(8, head_dim=4, norm_groups=2))
-    bias = layer.rel_pos(6)
-    for i in range(5):
-        for j in range(5):
-            torch.testing.assert_close(bias[:, i, j], bias[:, i + 1, j + 1])
-    assert not torch.allclose(bias[:, 0, 1], bias[:, 1, 0]), "direction matters"
+    layer = randomize(TemporalAttention(8, head_dim=4, norm_groups=2))
+    bias = layer.rel_pos(7)  # [heads, F, F]
+    assert bias.shape == (2, 7, 7)
+    for i in range(7):
+        for j in range(7):
+            torch.testing.assert_close(bias[:, i, j], layer.rel_pos.embedding.weight[
+                relative_position_bucket(torch.tensor(j - i))])
+            if i < 6 and j < 6:
+                torch.testing.assert_close(bias[:, i, j], bias[:, i + 1, j + 1])
+    assert not torch.allclose(bias[:, 0, 1], bias[:, 1, 0]), "the sign of the offset matters"
 
 
-def test_frame_bias_masks_other_segments():
-    bias = frame_attention_bias(torch.tensor([[0, 0, 1]]), torch.zeros(2, 3, 3))
-    assert bias.shape == (1, 2, 3, 3)
-    assert torch.isinf(bias[0, :, 0, 2]).all() and torch.isinf(bias[0, :, 2, 0]).all()
-    assert torch.isfinite(bias[0, :, 2, 2]).all() and torch.isfinite(bias[0, :, 0, 1]).all()
+def test_relative_position_buckets():
+    rel = torch.arange(-200, 201)
+    b = relative_position_bucket(rel, num_buckets=32, max_distance=32)
+    assert b.min() >= 0 and b.max() < 32
+    assert len(set(b[(rel.abs() < 8)].tolist())) == 15, "small offsets are exact"
+    pos, neg = b[rel >= 0], b[rel <= 0].flip(0)
+    assert torch.all(pos[1:] >= pos[:-1]) and torch.all(neg[1:] >= neg[:-1]), "monotone in |offset|"
+    assert b[rel == 40] == b[rel == 200], "clamped beyond max_distance"
 
 
-def test_frame_group_norm_is_per_frame_and_matches_group_norm_on_images():
-    from kinema.models.attention import group_norm
+def test_temporal_attention_is_translation_equivariant_within_a_segment():
+    """The bias depends only on j - i and masked frames contribute nothing, so a clip placed at
+    frames 0..3 or at 2..5 (with independent images around it) gets the same outputs."""
+    layer = randomize(TemporalAttention(8, head_dim=4, norm_groups=2))
+    clip, images = torch.randn(1, 8, 4, 2, 2), torch.randn(1, 8, 2, 2, 2)
+    early = layer(torch.cat([clip, images], 2), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 0, 1, 2]])))
+    late = layer(torch.cat([images, clip], 2), Conditioning(frame_segments=torch.tensor([[1, 2, 0, 0, 0, 0]])))
+    torch.testing.assert_close(early[:, :, :4], late[:, :, 2:], rtol=1e-5, atol=1e-5)
+    plain = layer(torch.cat([clip, images], 2))
+    assert (plain[:, :, :4] - early[:, :, :4]).abs().max() > 1e-3, "without masking the images are seen"
 
-    norm = group_norm(8, 4)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    x = torch.randn(2, 8, 3, 5, 5) * 3 + 1
-    out = norm(x)
-    ref = torch.nn.functional.group_norm(x.transpose(1, 2).reshape(6, 8, 5, 5), 4, norm.weight, norm.bias, norm.eps)
-    torch.testing.assert_close(out, ref.reshape(2, 3, 8, 5, 5).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+def test_frame_attention_bias_masks_other_segments():
+    rel = torch.randn(2, 4, 4)
+    assert frame_attention_bias(None, rel).shape == (1, 2, 4, 4)
+    seg = torch.tensor([[0, 0, 1, 2], [5, 5, 5, 5]])
+    bias = frame_attention_bias(seg, rel)
+    assert bias.shape == (2, 2, 4, 4)
+    blocked = torch.isinf(bias)
+    expected = seg[:, :, None] != seg[:, None, :]
+    assert torch.equal(blocked, expected[:, None].expand_as(blocked))
+    assert torch.equal(bias[~blocked], rel[None].expand_as(bias)[~blocked])
+    assert torch.isfinite(bias.diagonal(dim1=-2, dim2=-1)).all(), "every frame sees itself"
+
+
+def test_bias_is_broadcast_not_materialized_over_positions():
+    bias = frame_attention_bias(torch.tensor([[0, 0, 1], [0, 1, 2]]), torch.randn(4, 3, 3))  # [B, heads, F, F]
+    wide = _stride0_bias(bias, batch=2, positions=1024, dtype=torch.float32)
+    assert wide.shape == (8, 1024, 3, 3) and wide.stride(1) == 0 and wide.stride(-1) == 1
+    assert wide.untyped_storage().nbytes() <= 8 * 3 * 16 * 4, "O(B heads F^2) storage"
+    assert wide.stride(-2) % 16 == 0, "rows aligned for the memory-efficient kernel"
+    torch.testing.assert_close(wide[3, 777], bias.reshape(8, 3, 3)[3])
+
+
+def test_temporal_attention_gradients_reach_relative_bias_and_no_nan_for_images():
+    layer = randomize(TemporalAttention(8, head_dim=8, norm_groups=2))
+    x = torch.randn(2, 8, 3, 2, 2)
+    out = layer(x, Conditioning(frame_segments=torch.tensor([[0, 1, 2], [0, 0, 1]])))
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    grad = layer.rel_pos.embedding.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layer_cls", [SpatialAttention, TemporalAttention])
+def test_attention_single_frame_and_channels_last(layer_cls):
+    layer = randomize(layer_cls(8, head_dim=4, norm_groups=2))
+    x = torch.randn(2, 8, 1, 4, 4)
+    assert layer(x).shape == x.shape
+    x = torch.randn(2, 8, 3, 4, 4)
+    cl = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(layer(cl), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_heads_must_divide_channels():
+    with pytest.raises(ValueError, match="100 channels"):
+        SpatialAttention(100, head_dim=32)

@@ -1,9 +1,17 @@
-"""Attention layers on ``torch.nn.functional.scaled_dot_product_attention``.
+"""Factorized space-time attention on ``torch.nn.functional.scaled_dot_product_attention``.
 
-No score matrix is ever built in Python: SDPA picks the flash / memory-efficient / math kernel.
-VDM (Ho et al. 2022, section 3) factorizes space-time attention: spatial attention within each
-frame, then temporal attention across frames at each spatial position, with a relative position
-bias over frame offsets.
+VDM (Ho, Salimans et al. 2022, section 3) follows each spatial attention block (tokens = the H*W
+positions of one frame) with a temporal attention block (tokens = the F frames at one position),
+the latter with a learned relative position bias over frame offsets. No score matrix is ever built
+here: SDPA picks the flash / memory-efficient / math kernel.
+
+Temporal attention bias without materializing it per position
+--------------------------------------------------------------
+The bias (relative position + segment mask) is ``[B, heads, F, F]``: it varies with the batch item
+and the head but not with the spatial position. q, k, v are laid out as
+``[(B heads), H*W, F, d]`` — SDPA's "heads" axis carries the spatial positions — so the bias enters
+as ``[(B heads), 1, F, F]`` expanded over H*W with stride 0: O(B heads F^2) memory, no copy, and
+the inputs stay 4-D so the fused memory-efficient kernel (which takes an additive bias) applies.
 """
 
 from __future__ import annotations
@@ -16,125 +24,116 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from kinema.models.blocks import ResidualBranch, group_norm
 
-class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics are computed per frame: over (C / G, H, W), never across frames.
-
-    A plain GroupNorm on ``[B, C, F, H, W]`` pools statistics over all frames, which leaks
-    information between the independent images of joint image-video training (VDM section 3) and
-    makes an image's output depend on the frames it is batched with. Per-frame statistics keep
-    frames independent everywhere except in temporal layers, where masking controls the flow.
-    Statistics in float32 (safe under bf16 autocast). Accepts ``[B, C, F, H, W]``.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, f, h, w = x.shape
-        xg = x.float().reshape(b, self.num_groups, c // self.num_groups, f, h, w)
-        var, mean = torch.var_mean(xg, dim=(2, 4, 5), keepdim=True, unbiased=False)
-        out = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, f, h, w)
-        out = out * self.weight[:, None, None, None] + self.bias[:, None, None, None]
-        return out.to(x.dtype)
-
-
-def group_norm(channels: int, groups: int = 32) -> FrameGroupNorm:
-    """Per-frame GroupNorm with ``min(groups, channels)`` groups, reduced until it divides ``channels``."""
-    g = min(groups, channels)
-    while channels % g:
-        g -= 1
-    return FrameGroupNorm(g, channels, eps=1e-6)
+# ---- relative position bias and frame masking ---------------------------------------------------
 
 
 def relative_position_bucket(relative: Tensor, num_buckets: int = 32, max_distance: int = 32) -> Tensor:
-    """T5's bucketing of signed offsets j - i (Raffel et al. 2020, section 2.1): half the buckets
-    for each sign, exact for small offsets and logarithmic up to ``max_distance``."""
+    """Bidirectional T5 bucketing of signed offsets ``relative = j - i`` (Raffel et al. 2020, 2.1).
+
+    Half the buckets per sign; within a sign, offsets below ``num_buckets // 4`` get a bucket each,
+    larger ones share logarithmically spaced buckets up to ``max_distance`` (and beyond: clamped).
+    """
     half = num_buckets // 2
-    sign_bucket = (relative > 0).long() * half
-    n = relative.abs()
     exact = half // 2
-    is_small = n < exact
-    log_bucket = exact + (
-        torch.log(n.float().clamp_min(1) / exact) / math.log(max_distance / exact) * (half - exact)
-    ).long()
-    log_bucket = log_bucket.clamp_max(half - 1)
-    return sign_bucket + torch.where(is_small, n, log_bucket)
+    n = relative.abs()
+    log_ratio = torch.log(n.float().clamp_min(1.0) / exact) / math.log(max_distance / exact)
+    far = (exact + (log_ratio * (half - exact)).long()).clamp_max(half - 1)
+    return (relative > 0).long() * half + torch.where(n < exact, n, far)
 
 
 class RelativePositionBias(nn.Module):
-    """Learned per-head bias b[h, j - i] over frame offsets, bucketed as in T5."""
+    """Learned per-head additive bias ``b[h, bucket(j - i)]`` -> ``[heads, F, F]`` (query i, key j)."""
 
     def __init__(self, heads: int, num_buckets: int = 32, max_distance: int = 32) -> None:
         super().__init__()
         self.num_buckets, self.max_distance = num_buckets, max_distance
         self.embedding = nn.Embedding(num_buckets, heads)
 
-    def forward(self, frames: int, device=None) -> Tensor:
+    def forward(self, frames: int, device: Optional[torch.device] = None) -> Tensor:
         pos = torch.arange(frames, device=device)
         buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)
         return rearrange(self.embedding(buckets), "i j h -> h i j")  # [heads, F, F]
 
 
 def frame_attention_bias(frame_segments: Optional[Tensor], rel_bias: Tensor) -> Tensor:
-    """Additive temporal-attention bias ``[B|1, heads, F, F]``: the relative position bias, and
-    -inf where frames i and j belong to different segments (VDM joint image-video training:
-    independent images are masked from every other frame). ``frame_segments [B, F]`` long or None;
-    ``rel_bias [heads, F, F]``. Every frame sees itself, so no row is fully masked."""
+    """Additive temporal-attention bias ``[B|1, heads, F, F]`` (query i, key j).
+
+    ``rel_bias [heads, F, F]`` plus, where ``frame_segments [B, F]`` (long) is given, ``-inf`` wherever
+    ``frame_segments[b, i] != frame_segments[b, j]``: joint image-video training (VDM section 3)
+    appends independent images as frames with segments of their own, and no information may flow
+    between segments. Every frame is in its own segment, so no row is fully masked (no NaN).
+    ``frame_segments=None`` (one clip per item) gives ``[1, heads, F, F]``.
+    """
     bias = rel_bias[None]  # [1, heads, F, F]
     if frame_segments is None:
         return bias
-    same = frame_segments[:, :, None] == frame_segments[:, None, :]  # [B, F, F]
-    blocked = torch.zeros(same.shape, dtype=bias.dtype, device=bias.device).masked_fill(~same, float("-inf"))
-    return bias + blocked[:, None]
+    different = frame_segments[:, :, None] != frame_segments[:, None, :]  # [B, F, F]
+    return bias.masked_fill(different[:, None], float("-inf"))  # [B, heads, F, F]
 
 
-class _Attention(nn.Module):
-    """Pre-norm multi-head self-attention with a zero-initialized output projection (residual)."""
+def _stride0_bias(bias: Tensor, batch: int, positions: int, dtype: torch.dtype) -> Tensor:
+    """``[B|1, heads, F, F]`` -> ``[(B heads), positions, F, F]`` with stride 0 over positions.
+
+    The storage's last dimension is padded to a multiple of 16 first, so the memory-efficient SDPA
+    kernel finds its alignment and does not pad (which would materialize the expanded tensor)."""
+    _, heads, f, _ = bias.shape
+    bias = bias.to(dtype).expand(batch, heads, f, f)
+    bias = F.pad(bias, (0, -f % 16))[..., :f]  # [B, heads, F, F] over padded storage (tiny)
+    return bias.reshape(batch * heads, 1, f, f).expand(-1, positions, -1, -1)
+
+
+# ---- attention layers ---------------------------------------------------------------------------
+
+
+class _SelfAttention(ResidualBranch):
+    """Pre-norm multi-head self-attention, ``x + out(attn(GN(x)))``; ``out`` (the output
+    projection) is zero-initialized by :func:`~kinema.models.blocks.zero_init_residual_outputs`.
+    ``heads = max(1, channels // head_dim)``."""
 
     def __init__(self, channels: int, head_dim: int = 32, norm_groups: int = 32) -> None:
         super().__init__()
         self.heads = max(1, channels // head_dim)
+        if channels % self.heads:
+            raise ValueError(f"attention over {channels} channels cannot be split into {self.heads} heads "
+                             f"(head_dim={head_dim}); choose channels divisible by channels // head_dim")
         self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = nn.Linear(channels, channels)
-
-    def _attend(self, tokens: Tensor, bias: Optional[Tensor]) -> Tensor:
-        # tokens [..., N, C] -> q, k, v [..., heads, N, d]
-        q, k, v = rearrange(self.qkv(tokens), "... n (three h d) -> three ... h n d", three=3, h=self.heads)
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(rearrange(out, "... h n d -> ... n (h d)"))
+        self.out = nn.Linear(channels, channels)
 
 
-class SpatialAttention(_Attention):
-    """Self-attention over the H*W positions of each frame: ``'b c f h w -> (b f) (h w) c'``."""
+class SpatialAttention(_SelfAttention):
+    """Self-attention over the H*W positions of each frame (``'b c f h w -> (b f) (h w) c'``);
+    frames are independent here, so ``cond`` is unused. ``x [B, C, F, H, W]``."""
 
-    def forward(self, x: Tensor, cond=None) -> Tensor:  # x [B, C, F, H, W]
+    def forward(self, x: Tensor, cond=None) -> Tensor:
         b, c, f, h, w = x.shape
         tokens = rearrange(self.norm(x), "b c f h w -> (b f) (h w) c")
-        out = self._attend(tokens, None)
-        return x + rearrange(out, "(b f) (h w) c -> b c f h w", b=b, f=f, h=h)
+        q, k, v = rearrange(self.qkv(tokens), "n l (three heads d) -> three n heads l d", three=3, heads=self.heads)
+        o = F.scaled_dot_product_attention(q, k, v)  # [(B F), heads, HW, d]
+        o = self.out(rearrange(o, "n heads l d -> n l (heads d)"))  # [(B F), HW, C]
+        return x + rearrange(o, "(b f) (h w) c -> b c f h w", b=b, f=f, h=h)
 
 
-class TemporalAttention(_Attention):
-    """Self-attention over frames at each spatial position (``'b c f h w -> (b h w) f c'``), with
-    a relative position bias and segment masking. Without segments the ``[1, heads, F, F]`` bias is
-    expanded over positions with stride 0 (no copy); with segments it is ``[B, heads, F, F]``
-    repeated over positions (B H W heads F^2 bias entries, small next to the activations).
-    q, k, v stay 4-D so SDPA can use its fused kernels."""
+class TemporalAttention(_SelfAttention):
+    """Self-attention over the F frames at each spatial position (``'b c f h w -> b (h w) f c'``) with a
+    learned T5-style relative position bias per head and segment masking from
+    ``cond.frame_segments`` (see :func:`frame_attention_bias` and the module docstring for the
+    layout that keeps the bias O(B heads F^2)). ``x [B, C, F, H, W]``."""
 
     def __init__(self, channels: int, head_dim: int = 32, norm_groups: int = 32,
                  num_buckets: int = 32, max_distance: int = 32) -> None:
         super().__init__(channels, head_dim, norm_groups)
         self.rel_pos = RelativePositionBias(self.heads, num_buckets, max_distance)
 
-    def forward(self, x: Tensor, cond=None) -> Tensor:  # x [B, C, F, H, W]
+    def forward(self, x: Tensor, cond=None) -> Tensor:
         b, c, f, h, w = x.shape
-        segments = getattr(cond, "frame_segments", None) if cond is not None else None
-        bias = frame_attention_bias(segments, self.rel_pos(f, x.device))  # [B|1, heads, F, F]
-        tokens = rearrange(self.norm(x), "b c f h w -> (b h w) f c")
-        if bias.shape[0] == 1:
-            mask = bias.expand(b * h * w, -1, -1, -1)
-        else:
-            mask = bias[:, None].expand(b, h * w, *bias.shape[1:]).reshape(b * h * w, *bias.shape[1:])
-        out = self._attend(tokens, mask)
-        return x + rearrange(out, "(b h w) f c -> b c f h w", b=b, h=h)
+        segments = getattr(cond, "frame_segments", None)
+        tokens = rearrange(self.norm(x), "b c f h w -> b (h w) f c")
+        q, k, v = rearrange(self.qkv(tokens), "b l f (three heads d) -> three (b heads) l f d",
+                            three=3, heads=self.heads)  # each [(B heads), HW, F, d]
+        bias = _stride0_bias(frame_attention_bias(segments, self.rel_pos(f, x.device)), b, h * w, q.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [(B heads), HW, F, d]
+        o = self.out(rearrange(o, "(b heads) l f d -> b l f (heads d)", b=b))  # [B, HW, F, C]
+        return x + rearrange(o, "b (h w) f c -> b c f h w", h=h)

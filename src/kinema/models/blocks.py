@@ -1,43 +1,107 @@
-"""Building blocks of the space-time factorized 3D U-Net (VDM, Ho et al. 2022, section 3).
+"""Building blocks of the space-time factorized 3D U-Net (VDM, Ho, Salimans et al. 2022, section 3).
 
-Convolutions are space-only (kernel 1x3x3, so frames never mix in a conv); down/upsampling acts
-on H and W only. ``TemporalConv`` (kernel 3x1x1) is the temporal mixing Imagen Video's
-super-resolution models use instead of temporal attention (Ho et al. 2022, section 2.2).
+Layout everywhere: video activations ``[B, C, F, H, W]`` (contiguous or ``channels_last_3d``).
+
+- Convolutions are space-only (kernel 1x3x3): frames never mix inside a convolution, and
+  down/upsampling act on H and W only, so the frame count is preserved through the network.
+- Normalization is per frame (:class:`FrameGroupNorm`): statistics never pool over frames, so the
+  only place where frames exchange information is a temporal layer, and temporal layers obey
+  ``Conditioning.frame_segments`` (joint image-video training, VDM section 3).
+- :class:`TemporalConv` (kernel 3x1x1) is the temporal mixing that Imagen Video's fully
+  convolutional super-resolution models use instead of temporal attention (Ho et al. 2022,
+  "Imagen Video", section 2.2).
+
+Every residual branch derives from :class:`ResidualBranch` and names its last layer ``out``;
+:func:`zero_init_residual_outputs` is the one function that zero-initializes those layers (called by
+the models' ``_init_weights``), so a freshly built block is the identity.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kinema.models.attention import group_norm
+# ---- normalization, convolutions ----------------------------------------------------------------
 
 
-def space_conv(cin: int, cout: int) -> nn.Conv3d:
-    """3x3 convolution over H, W only (kernel 1x3x3)."""
-    return nn.Conv3d(cin, cout, kernel_size=(1, 3, 3), padding=(0, 1, 1))
+def num_groups(channels: int, norm_groups: int) -> int:
+    """Groups used for ``channels``: ``gcd(norm_groups, channels)``, i.e. ``min(norm_groups, channels)``
+    whenever that divides ``channels`` (e.g. 32 groups for every multiple of 32 channels)."""
+    return math.gcd(norm_groups, channels)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame, over (C / G, H, W) — never across frames.
+
+    A plain GroupNorm on ``[B, C, F, H, W]`` would pool statistics over all frames, which leaks
+    information between the independent images of joint image-video training and makes an
+    image's output depend on the frames batched next to it. Per-frame statistics are what the
+    factorized model of VDM section 3 computes (its spatial layers treat frames as a batch).
+
+    Runs the fused ``F.group_norm`` on the ``'(b f) c h w'`` view (free for ``channels_last_3d``
+    inputs). Under autocast a bf16/fp16 input is normalized in its own dtype rather than cast to
+    float32 (autocast's default for group_norm): the kernel accumulates mean and variance in
+    float32 and normalizes in float32 either way, only the output is rounded to bf16 — as every
+    bf16 activation is — and it saves two full-size float32 copies per norm.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # x [B, C, F, H, W]
+        b, c, f, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * f, c, h, w)  # '(b f) c h w'
+        device = x.device.type
+        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                out = F.group_norm(frames, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        else:
+            out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return out.reshape(b, f, c, h, w).transpose(1, 2)  # [B, C, F, H, W]
+
+
+def group_norm(channels: int, norm_groups: int = 32) -> FrameGroupNorm:
+    """Per-frame GroupNorm over ``channels`` with :func:`num_groups` groups."""
+    return FrameGroupNorm(num_groups(channels, norm_groups), channels, eps=1e-6)
+
+
+def space_conv(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
+    """3x3 convolution over H, W only: a Conv3d with kernel 1x3x3 (and stride (1, s, s))."""
+    return nn.Conv3d(cin, cout, kernel_size=(1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1))
+
+
+# ---- noise-level embedding ----------------------------------------------------------------------
 
 
 def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Transformer sinusoidal features of real ``values [B]`` -> ``[B, dim]`` (Vaswani et al. 2017,
-    section 3.5), computed in float32."""
+    """Sinusoidal features of real ``values [B]`` -> ``[B, dim]`` (Vaswani et al. 2017, section 3.5):
+    ``cos(v w_k), sin(v w_k)`` with frequencies ``w_k = max_period^(-k / (dim/2))`` from 1 down to
+    ~1/max_period. Always float32 (autocast-independent); odd ``dim`` gets one zero pad."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
-    args = values.float()[:, None] * freqs[None]
+    k = torch.arange(half, device=values.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(max_period) * k / max(half, 1))  # [dim/2]
+    args = values.float()[:, None] * freqs[None, :]  # [B, dim/2]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+def logsnr_to_position(logsnr: Tensor) -> Tensor:
+    """Map log-SNR onto the [0, 1000] "timestep" range sinusoidal embeddings are tuned for.
+
+    ``position = 25 (20 - logsnr)``: linear, so lambda = +20 (essentially clean, sigma < 5e-5) -> 0 and
+    lambda = -20 (essentially pure noise) -> 1000, DDPM's step range. With frequencies from 1 to
+    1/10000 this resolves lambda to ~0.04 at the top frequency while the lowest frequencies vary
+    monotonically over the whole range. Linear (rather than a squashing map such as
+    sigmoid) keeps the same resolution everywhere; values beyond +-20 extrapolate smoothly and
+    stay finite because sin/cos are bounded. Computed in float32.
+    """
+    return 25.0 * (20.0 - logsnr.float())
 
 
 class NoiseLevelEmbedding(nn.Module):
-    """Embedding of the log-SNR: sinusoidal features then a 2-layer MLP -> ``[B, emb_dim]``.
-
-    The log-SNR spans roughly [-20, 20]; it is mapped to [0, 1000] (the range of DDPM's discrete
-    step index that the sinusoidal frequencies were designed for) by 1000 * sigmoid(-logsnr / 4):
-    a smooth, monotone, bounded map, so extreme values stay finite and distinct.
-    """
+    """log-SNR ``[B]`` -> ``[B, emb_dim]``: :func:`logsnr_to_position`, sinusoidal features of width
+    ``dim``, then Linear -> SiLU -> Linear (the usual DDPM/ADM time embedding)."""
 
     def __init__(self, dim: int, emb_dim: int) -> None:
         super().__init__()
@@ -45,14 +109,36 @@ class NoiseLevelEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, logsnr: Tensor) -> Tensor:
-        position = 1000.0 * torch.sigmoid(-logsnr.float() / 4.0)
-        return self.mlp(sinusoidal_embedding(position, self.dim))
+        return self.mlp(sinusoidal_embedding(logsnr_to_position(logsnr), self.dim))
 
 
-class ResBlock(nn.Module):
-    """Residual block: GroupNorm -> SiLU -> conv(1x3x3) -> GroupNorm -> FiLM scale-shift from the
-    embedding, h * (1 + scale) + shift (Dhariwal & Nichol 2021, "AdaGN") -> SiLU -> dropout ->
-    conv(1x3x3) zero-initialized; a 1x1x1 skip when channels change. ``x [B, C, F, H, W]``."""
+# ---- residual blocks ----------------------------------------------------------------------------
+
+
+class ResidualBranch(nn.Module):
+    """Marker base for blocks computing ``x + branch(x)``; ``self.out`` is the branch's last layer,
+    zero-initialized by :func:`zero_init_residual_outputs` so the block starts as the identity."""
+
+    out: nn.Module
+
+
+def zero_init_residual_outputs(module: nn.Module) -> None:
+    """Zero the weight and bias of ``out`` in every :class:`ResidualBranch` inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, ResidualBranch):
+            nn.init.zeros_(m.out.weight)
+            if m.out.bias is not None:
+                nn.init.zeros_(m.out.bias)
+
+
+class ResBlock(ResidualBranch):
+    """Residual block with FiLM conditioning (Dhariwal & Nichol 2021's "AdaGN"), space-only convs:
+
+    ``h = conv1x3x3(SiLU(GN(x)))``; ``h = GN(h) * (1 + scale) + shift`` with ``(scale, shift)`` a linear
+    map of ``SiLU(emb)``; ``h = out(dropout(SiLU(h)))`` (``out`` a zero-initialized 1x3x3 conv);
+    returns ``skip(x) + h`` where ``skip`` is a 1x1x1 conv when the channel count changes.
+    ``x [B, cin, F, H, W]``, ``emb [B, emb_dim]`` -> ``[B, cout, F, H, W]``.
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, norm_groups: int = 32) -> None:
         super().__init__()
@@ -61,48 +147,72 @@ class ResBlock(nn.Module):
         self.film = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = group_norm(cout, norm_groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = space_conv(cout, cout)
-        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.out = space_conv(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, kernel_size=1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(F.silu(emb))[:, :, None, None, None].chunk(2, dim=1)
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, cout, F, H, W]
+        scale, shift = self.film(F.silu(emb))[:, :, None, None, None].chunk(2, dim=1)  # [B, cout, 1, 1, 1]
         h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.out(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
-class TemporalConv(nn.Module):
-    """Residual temporal convolution (kernel 3x1x1, zero-initialized output): mixes neighbouring
-    frames at each position; Imagen Video's fully convolutional SR models use it in place of
-    temporal attention (Ho et al. 2022, section 2.2). ``x [B, C, F, H, W]``."""
+def segment_continuity(frame_segments: Tensor) -> Tensor:
+    """``[B, F]`` -> ``[B, F - 1]`` bool: True where frames t and t + 1 belong to the same segment."""
+    return frame_segments[:, 1:] == frame_segments[:, :-1]
+
+
+class TemporalConv(ResidualBranch):
+    """Residual temporal convolution ``x + out(SiLU(GN(x)))`` with ``out`` a 3x1x1 conv over frames
+    (zero-initialized by :func:`zero_init_residual_outputs`). Imagen Video's SR models use it in
+    place of temporal attention (Ho et al. 2022, "Imagen Video", section 2.2).
+
+    With ``cond.frame_segments`` a neighbour from another segment counts as zero padding (as the
+    clip's border does), so independent images never mix: the three taps are then applied as
+    1x1x1 convolutions to the frame, its masked predecessor and its masked successor.
+    ``x [B, C, F, H, W]``.
+    """
 
     def __init__(self, channels: int, norm_groups: int = 32) -> None:
         super().__init__()
         self.norm = group_norm(channels, norm_groups)
-        self.conv = nn.Conv3d(channels, channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+        self.out = nn.Conv3d(channels, channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: Tensor, cond=None) -> Tensor:
-        return x + self.conv(F.silu(self.norm(x)))
+        h = F.silu(self.norm(x))
+        segments: Optional[Tensor] = getattr(cond, "frame_segments", None)
+        if segments is None:
+            return x + self.out(h)
+        same = segment_continuity(segments).to(h.dtype)[:, None, :, None, None]  # [B, 1, F-1, 1, 1]
+        prev = F.pad(h[:, :, :-1] * same, (0, 0, 0, 0, 1, 0))  # prev[t] = h[t-1] if same segment else 0
+        nxt = F.pad(h[:, :, 1:] * same, (0, 0, 0, 0, 0, 1))  # nxt[t] = h[t+1] if same segment else 0
+        w = self.out.weight  # [C, C, 3, 1, 1]
+        y = (F.conv3d(prev, w[:, :, :1]) + F.conv3d(h, w[:, :, 1:2], self.out.bias)
+             + F.conv3d(nxt, w[:, :, 2:]))
+        return x + y
+
+
+# ---- resampling ---------------------------------------------------------------------------------
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a stride-(1, 2, 2) space-only convolution; frames are kept."""
+    """Halve H and W with a stride-(1, 2, 2) 1x3x3 convolution; the frame count is kept."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.conv = space_conv(channels, channels, stride=2)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, F, H, W] -> [B, C, F, H/2, W/2]
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Double H and W (nearest) then a space-only convolution; frames are kept."""
+    """Double H and W (nearest neighbour) then a 1x3x3 convolution; the frame count is kept."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = space_conv(channels, channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, F, H, W] -> [B, C, F, 2H, 2W]
+        return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))

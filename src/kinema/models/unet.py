@@ -1,14 +1,16 @@
-"""The VDM 3D U-Net (Ho, Salimans et al. 2022, "Video Diffusion Models", section 3 and fig. 1).
+"""The VDM 3D U-Net (Ho, Salimans et al. 2022, "Video Diffusion Models", section 3 and figure 1).
 
-A 2D image U-Net extended to video by factorizing over space and time: every convolution is
+A 2D image U-Net made a video model by factorizing over space and time: every convolution is
 space-only (1x3x3), each spatial attention block is followed by a temporal attention block over
-frames (with a relative position bias), down/upsampling acts on H and W only, and the noise level
-(log-SNR) and optional class label modulate every residual block. Because frames interact only
-through temporal attention, masking it lets one batch mix video clips and independent images
-(joint image-video training, VDM section 3; see ``Conditioning.frame_segments``).
+frames (with a relative position bias), down/upsampling act on H and W only, and the noise level
+(log-SNR) and an optional class label modulate every residual block (FiLM). Frames interact only in
+temporal layers, and those obey ``Conditioning.frame_segments``, so one batch can mix video clips
+and independent images (joint image-video training, VDM section 3). With
+``temporal_attention=False`` temporal convolutions replace temporal attention (Imagen Video's
+fully convolutional super-resolution models, Ho et al. 2022, section 2.2).
 
-Follows the denoiser contract ``net(z_t, logsnr, cond) -> output`` (DESIGN.md section 3); the
-model never sees the schedule and does not know its parameterization.
+Denoiser contract (DESIGN.md section 3): ``net(z_t, logsnr, cond) -> output`` in whatever
+parameterization the trainer chose; the model never sees the schedule.
 """
 
 from __future__ import annotations
@@ -21,166 +23,251 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from kinema.models.attention import SpatialAttention, TemporalAttention, group_norm
-from kinema.models.blocks import Downsample, NoiseLevelEmbedding, ResBlock, TemporalConv, Upsample, space_conv
+from kinema.models.attention import SpatialAttention, TemporalAttention
+from kinema.models.blocks import (Downsample, NoiseLevelEmbedding, ResBlock, TemporalConv, Upsample, group_norm,
+                                  space_conv, zero_init_residual_outputs)
 
 
 @dataclass
 class UNetConfig:
+    """Hyper-parameters of :class:`UNet3D` (validated on construction; errors name the bad value)."""
+
     in_channels: int = 3
-    out_channels: Optional[int] = None  # None: same as in_channels
-    dim: int = 64  # channels at full resolution
-    dim_mults: tuple[int, ...] = (1, 2, 4, 8)  # channel multiplier per level; each level halves H, W
-    num_res_blocks: int = 2
+    out_channels: int | None = None  # None: same as in_channels
+    dim: int = 64  # channels at full resolution; the noise embedding is 4 * dim wide
+    dim_mults: tuple[int, ...] = (1, 2, 4, 8)  # channels per level = dim * mult; each level halves H, W
+    num_res_blocks: int = 2  # per level on the way down (num_res_blocks + 1 on the way up)
     attn_levels: tuple[int, ...] = (1, 2, 3)  # levels (0 = full resolution) with spatial + temporal attention
-    head_dim: int = 32
+    head_dim: int = 32  # heads = max(1, channels // head_dim)
     dropout: float = 0.0
-    temporal_attention: bool = True  # False: temporal convolutions instead (Imagen Video SR models)
+    temporal_attention: bool = True  # False: a TemporalConv after every ResBlock instead (IV SR models)
+    rel_pos_max_distance: int = 32  # T5-style bucketed relative position bias of temporal attention
     rel_pos_buckets: int = 32
-    rel_pos_max_distance: int = 32
-    num_classes: int = 0  # > 0: class-conditional; label `num_classes` is the null label for guidance
-    norm_groups: int = 32
-    gradient_checkpointing: bool = False
+    num_classes: int = 0  # > 0: class-conditional; label `num_classes` is the null label (guidance)
+    extra_in_channels: int = 0  # channels from cond (lowres / context) concatenated to z before conv_in
+    gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
+    norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
 
     def __post_init__(self) -> None:
         self.dim_mults = tuple(self.dim_mults)
         self.attn_levels = tuple(self.attn_levels)
-        checks = [
-            (self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels}"),
-            (self.out_channels is None or self.out_channels >= 1, f"out_channels must be >= 1, got {self.out_channels}"),
-            (self.dim >= 1, f"dim must be >= 1, got {self.dim}"),
-            (len(self.dim_mults) >= 1 and all(m >= 1 for m in self.dim_mults),
-             f"dim_mults must be a non-empty list of positive ints, got {self.dim_mults}"),
-            (self.num_res_blocks >= 1, f"num_res_blocks must be >= 1, got {self.num_res_blocks}"),
-            (all(0 <= a < len(self.dim_mults) for a in self.attn_levels),
-             f"attn_levels {self.attn_levels} must index dim_mults (0..{len(self.dim_mults) - 1})"),
-            (self.head_dim >= 1, f"head_dim must be >= 1, got {self.head_dim}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}"),
-            (self.norm_groups >= 1, f"norm_groups must be >= 1, got {self.norm_groups}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        for name in ("in_channels", "dim", "num_res_blocks", "head_dim", "norm_groups", "rel_pos_max_distance"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("extra_in_channels", "num_classes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"UNetConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.out_channels is not None and self.out_channels < 1:
+            raise ValueError(f"UNetConfig.out_channels must be >= 1 or None, got {self.out_channels}")
+        if not self.dim_mults or any(m < 1 for m in self.dim_mults):
+            raise ValueError(f"UNetConfig.dim_mults must be non-empty positive ints, got {self.dim_mults}")
+        bad = [a for a in self.attn_levels if not 0 <= a < len(self.dim_mults)]
+        if bad or len(set(self.attn_levels)) != len(self.attn_levels):
+            raise ValueError(f"UNetConfig.attn_levels {self.attn_levels} must be distinct indices into "
+                             f"dim_mults {self.dim_mults} (0..{len(self.dim_mults) - 1})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
+            raise ValueError(f"UNetConfig.rel_pos_buckets must be even and >= 4, got {self.rel_pos_buckets}")
+        if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
+            raise ValueError(f"UNetConfig.rel_pos_max_distance must exceed rel_pos_buckets // 4 = "
+                             f"{self.rel_pos_buckets // 4}, got {self.rel_pos_max_distance}")
+        for level in set(self.attn_levels) | {len(self.dim_mults) - 1}:  # the middle always attends
+            ch = self.dim * self.dim_mults[level]
+            heads = max(1, ch // self.head_dim)
+            if ch % heads:
+                raise ValueError(f"UNetConfig: {ch} channels at level {level} do not split into {heads} heads "
+                                 f"of head_dim={self.head_dim}")
+
+    @property
+    def output_channels(self) -> int:
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.dim_mults) - 1)
 
 
-class Stage(nn.Module):
-    """A sequence of layers run as one unit (and one gradient-checkpointing segment)."""
+class UNetBlock(nn.Module):
+    """One checkpointing unit: a ResBlock (taking the embedding), then layers taking ``(x, cond)``
+    (spatial attention, temporal attention / convolution), then optionally an Upsample."""
 
-    def __init__(self, layers: list[nn.Module]) -> None:
+    def __init__(self, res: Optional[ResBlock], mixers: list[nn.Module], resample: Optional[nn.Module] = None) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.res = res
+        self.mixers = nn.ModuleList(mixers)
+        self.resample = resample
 
-    def forward(self, x: Tensor, emb: Tensor, cond) -> Tensor:
-        for layer in self.layers:
-            if isinstance(layer, ResBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, (SpatialAttention, TemporalAttention, TemporalConv)):
-                x = layer(x, cond)
-            else:
-                x = layer(x)
+    def forward(self, x: Tensor, emb: Tensor, cond=None) -> Tensor:
+        if self.res is not None:
+            x = self.res(x, emb)
+        for mixer in self.mixers:
+            x = mixer(x, cond)
+        if self.resample is not None:
+            x = self.resample(x)
         return x
 
 
 class UNet3D(nn.Module):
-    """``forward(z [B, C, F, H, W], logsnr [B], cond) -> [B, out_channels, F, H, W]``."""
+    """VDM space-time factorized 3D U-Net.
+
+    ``forward(z [B, in_channels, F, H, W], logsnr [B], cond: Conditioning | None)
+    -> [B, out_channels, F, H, W]``; H and W divisible by ``2 ** (len(dim_mults) - 1)``; any F >= 1.
+    Reads ``cond.class_labels`` (if ``num_classes > 0``; missing = the null label),
+    ``cond.frame_segments`` (temporal masking) and, if ``extra_in_channels > 0``, ``cond.lowres``
+    and/or ``cond.context`` (+ ``context_mask``), see :meth:`extra_inputs`.
+    """
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        dim, g = cfg.dim, cfg.norm_groups
-        emb_dim = 4 * dim
+        dim, emb_dim = cfg.dim, 4 * cfg.dim
         self.noise_embedding = NoiseLevelEmbedding(dim, emb_dim)
         self.class_embedding = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
-        self.conv_in = space_conv(cfg.in_channels, dim)
-
-        def mixing(ch: int) -> list[nn.Module]:
-            temporal = (TemporalAttention(ch, cfg.head_dim, g, cfg.rel_pos_buckets, cfg.rel_pos_max_distance)
-                        if cfg.temporal_attention else TemporalConv(ch, g))
-            return [SpatialAttention(ch, cfg.head_dim, g), temporal]
-
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, cfg.dropout, g)
+        self.conv_in = space_conv(cfg.in_channels + cfg.extra_in_channels, dim)
 
         levels = len(cfg.dim_mults)
+        chans = [dim * m for m in cfg.dim_mults]
         self.down = nn.ModuleList()
-        skips, ch = [dim], dim
-        for level, mult in enumerate(cfg.dim_mults):
-            out = dim * mult
+        skips, ch = [dim], dim  # channels of every tensor saved for a skip connection
+        for level in range(levels):
             for _ in range(cfg.num_res_blocks):
-                layers = [res(ch, out)] + (mixing(out) if level in cfg.attn_levels else [])
-                self.down.append(Stage(layers))
-                ch = out
+                self.down.append(UNetBlock(self._res(ch, chans[level]), self._mixers(chans[level], level)))
+                ch = chans[level]
                 skips.append(ch)
             if level < levels - 1:
-                self.down.append(Stage([Downsample(ch)]))
+                self.down.append(UNetBlock(None, [], Downsample(ch)))
                 skips.append(ch)
-        self.middle = Stage([res(ch, ch), *mixing(ch), res(ch, ch)])
+        self.middle = nn.ModuleList([
+            UNetBlock(self._res(ch, ch), self._mixers(ch, levels - 1, attention=True)),
+            UNetBlock(self._res(ch, ch), self._mixers(ch, levels - 1, attention=False)),
+        ])
         self.up = nn.ModuleList()
         for level in reversed(range(levels)):
-            out = dim * cfg.dim_mults[level]
             for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + skips.pop(), out)] + (mixing(out) if level in cfg.attn_levels else [])
-                if level > 0 and i == cfg.num_res_blocks:
-                    layers.append(Upsample(out))
-                self.up.append(Stage(layers))
-                ch = out
-        self.norm_out = group_norm(ch, g)
-        self.conv_out = space_conv(ch, cfg.out_channels or cfg.in_channels)
+                upsample = Upsample(chans[level]) if level > 0 and i == cfg.num_res_blocks else None
+                self.up.append(UNetBlock(self._res(ch + skips.pop(), chans[level]),
+                                         self._mixers(chans[level], level), upsample))
+                ch = chans[level]
+        self.norm_out = group_norm(ch, cfg.norm_groups)
+        self.conv_out = space_conv(ch, cfg.output_channels)
         self._init_weights()
 
+    # ---- construction ---------------------------------------------------------------------------
+
+    def _res(self, cin: int, cout: int) -> ResBlock:
+        return ResBlock(cin, cout, 4 * self.cfg.dim, self.cfg.dropout, self.cfg.norm_groups)
+
+    def _mixers(self, ch: int, level: int, attention: Optional[bool] = None) -> list[nn.Module]:
+        """Layers after a ResBlock: spatial then temporal attention at attention levels; with
+        ``temporal_attention=False`` a TemporalConv after every ResBlock instead of temporal attention."""
+        cfg = self.cfg
+        attend = level in cfg.attn_levels if attention is None else attention
+        layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
+        if cfg.temporal_attention and attend:
+            layers.append(TemporalAttention(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
+                                            cfg.rel_pos_max_distance))
+        elif not cfg.temporal_attention:
+            layers.append(TemporalConv(ch, cfg.norm_groups))
+        return layers
+
     def _init_weights(self) -> None:
-        """The one place initialization is decided: the last layer of every residual branch
-        (ResBlock.conv2, attention output projections, temporal convolutions) and the final conv
-        start at zero, so each block starts as the identity and the network outputs exactly 0
-        (Ho et al. 2020 / Dhariwal & Nichol 2021 practice). Everything else keeps PyTorch's default."""
-        zero = [self.conv_out]
-        for m in self.modules():
-            if isinstance(m, ResBlock):
-                zero.append(m.conv2)
-            elif isinstance(m, (SpatialAttention, TemporalAttention)):
-                zero.append(m.proj)
-            elif isinstance(m, TemporalConv):
-                zero.append(m.conv)
-        for layer in zero:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        """The one place initialization is decided. Zero-initialized: the last layer of every
+        residual branch (``ResBlock.out`` conv, ``SpatialAttention.out`` / ``TemporalAttention.out``
+        projections, ``TemporalConv.out``) and the final ``conv_out``. So every block starts as the
+        identity (skip path only) and a fresh model outputs exactly 0, while gradients still reach
+        every layer through the skip paths (ADM, Dhariwal & Nichol 2021; "Fixup"-style residual
+        init). Everything else keeps PyTorch's default (Kaiming-uniform) initialization."""
+        zero_init_residual_outputs(self)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def _check(self, z: Tensor, logsnr: Tensor) -> None:
+    # ---- forward --------------------------------------------------------------------------------
+
+    def _check(self, z: Tensor, logsnr: Tensor, cond) -> None:
         cfg = self.cfg
         if z.ndim != 5:
             raise ValueError(f"UNet3D expects z of shape [B, C, F, H, W], got {tuple(z.shape)}")
         if z.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet3D was built for {cfg.in_channels} input channels, got z of shape {tuple(z.shape)}")
-        factor = 2 ** (len(cfg.dim_mults) - 1)
+        factor = cfg.downsample_factor
         if z.shape[-2] % factor or z.shape[-1] % factor:
-            raise ValueError(f"H and W must be divisible by {factor} (2 ** (len(dim_mults) - 1)); "
+            raise ValueError(f"UNet3D needs H and W divisible by {factor} (2 ** (len(dim_mults) - 1)); "
                              f"got z of shape {tuple(z.shape)}")
-        if logsnr.shape != (z.shape[0],):
+        if logsnr.shape not in ((z.shape[0],), ()):
             raise ValueError(f"logsnr must have shape [B] = [{z.shape[0]}], got {tuple(logsnr.shape)}")
+        segments = getattr(cond, "frame_segments", None)
+        if segments is not None and tuple(segments.shape) != (z.shape[0], z.shape[2]):
+            raise ValueError(f"cond.frame_segments must have shape [B, F] = {[z.shape[0], z.shape[2]]}, "
+                             f"got {tuple(segments.shape)}")
+
+    def embedding(self, logsnr: Tensor, cond, batch: int) -> Tensor:
+        """Noise-level embedding plus the class embedding (null label when none given): ``[B, 4 dim]``."""
+        emb = self.noise_embedding(logsnr.expand(batch))
+        if self.class_embedding is not None:
+            labels = getattr(cond, "class_labels", None)
+            if labels is None:
+                labels = torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=emb.device)
+            emb = emb + self.class_embedding(labels)
+        return emb
+
+    def extra_inputs(self, z: Tensor, cond) -> Optional[Tensor]:
+        """The ``extra_in_channels`` channels concatenated to z, from ``cond`` (in this order):
+
+        - ``cond.lowres [B, C, F', H', W']``, brought to z's frames and size as Imagen Video does
+          (frames repeated, i.e. nearest in time; bilinear in space);
+        - ``cond.context [B, C, F, H, W]`` times ``cond.context_mask [B, F]``, then the mask itself as
+          one channel (known frames for prediction / interpolation models).
+        """
+        if self.cfg.extra_in_channels == 0:
+            return None
+        b, _, f, h, w = z.shape
+        parts = []
+        lowres = getattr(cond, "lowres", None)
+        if lowres is not None:
+            if lowres.shape[2] != f:
+                lowres = F.interpolate(lowres, size=(f, lowres.shape[3], lowres.shape[4]), mode="nearest")
+            if lowres.shape[-2:] != (h, w):
+                frames = lowres.transpose(1, 2).flatten(0, 1)  # '(b f) c h w'
+                frames = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False)
+                lowres = frames.unflatten(0, (b, f)).transpose(1, 2)
+            parts.append(lowres.to(z.dtype))
+        context = getattr(cond, "context", None)
+        if context is not None:
+            mask = getattr(cond, "context_mask", None)
+            if mask is None:
+                raise ValueError("cond.context needs cond.context_mask [B, F] (True where a frame is known)")
+            mask = mask.to(z.dtype)[:, None, :, None, None].expand(b, 1, f, h, w)  # [B, 1, F, H, W]
+            parts += [context.to(z.dtype) * mask, mask]
+        got = sum(p.shape[1] for p in parts)
+        if got != self.cfg.extra_in_channels:
+            raise ValueError(f"UNet3D was built with extra_in_channels={self.cfg.extra_in_channels} but cond gives "
+                             f"{got} (lowres: {None if lowres is None else tuple(lowres.shape)}, "
+                             f"context: {None if context is None else tuple(context.shape)})")
+        return torch.cat(parts, dim=1)
 
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
-        self._check(z, logsnr)
-        emb = self.noise_embedding(logsnr)  # [B, 4 dim]
-        if self.class_embedding is not None:
-            labels = getattr(cond, "class_labels", None) if cond is not None else None
-            if labels is None:
-                labels = torch.full((z.shape[0],), self.cfg.num_classes, device=z.device, dtype=torch.long)
-            emb = emb + self.class_embedding(labels)
-        h = self.conv_in(z)
-        hs = [h]
-        for stage in self.down:
-            h = self._run(stage, h, emb, cond)
-            hs.append(h)
-        h = self._run(self.middle, h, emb, cond)
-        for stage in self.up:
-            h = self._run(stage, torch.cat([h, hs.pop()], dim=1), emb, cond)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        self._check(z, logsnr, cond)
+        emb = self.embedding(logsnr, cond, z.shape[0])  # [B, 4 dim]
+        extra = self.extra_inputs(z, cond)
+        h = self.conv_in(z if extra is None else torch.cat([z, extra], dim=1))  # [B, dim, F, H, W]
+        skips = [h]
+        for block in self.down:
+            h = self._run(block, h, emb, cond)
+            skips.append(h)
+        for block in self.middle:
+            h = self._run(block, h, emb, cond)
+        for block in self.up:
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, cond)
+        return self.conv_out(F.silu(self.norm_out(h)))  # [B, out_channels, F, H, W]
 
-    def _run(self, stage: Stage, h: Tensor, emb: Tensor, cond) -> Tensor:
-        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(stage, h, emb, cond, use_reentrant=False)
-        return stage(h, emb, cond)
+    def _run(self, block: UNetBlock, h: Tensor, emb: Tensor, cond) -> Tensor:
+        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, cond, use_reentrant=False)
+        return block(h, emb, cond)
+
+
+__all__ = ["UNet3D", "UNetBlock", "UNetConfig"]
