@@ -1,0 +1,170 @@
+"""Training and denoising throughput of kinema's backbones; prints one JSON line per measurement.
+
+    python benchmarks/throughput.py                      # reference config, batches 8 16 32, on CUDA
+    python benchmarks/throughput.py --width 128          # paper-scale width
+    python benchmarks/throughput.py --tiny               # a tiny size that runs on CPU in seconds
+
+Fields: config, batch, mode (train = loss + backward + AdamW step; denoise = one forward under
+inference_mode), videos_per_s, step_ms (median after warm-up, synchronized), flops_per_step
+(torch.utils.flop_counter), tflops (achieved), mfu (against the bf16 - or, on CPU, fp32 - matmul
+rate measured in this same run), peak_mem_gib, params_m, device. A batch that runs out of memory
+prints {"oom": true}.
+
+The reference configuration (DESIGN.md section 6): unconditional, 16 frames x 64x64, U-Net width 64
+with multipliers 1, 2, 4, 8, bf16, AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kinema.diffusion.objective import diffusion_loss
+from kinema.models import UNet3D, UNetConfig
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int = 20) -> float:
+    """Achieved dense matmul rate in FLOP/s (the denominator of MFU), measured here and now."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def build(args, width: int) -> UNet3D:
+    cfg = UNetConfig(in_channels=3, dim=width, dim_mults=tuple(args.mults), num_res_blocks=args.res_blocks,
+                     attn_levels=tuple(args.attn_levels), head_dim=args.head_dim,
+                     gradient_checkpointing=args.checkpointing)
+    return UNet3D(cfg)
+
+
+def measure(fn, device, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_one(args, width: int, batch: int, mode: str, device: torch.device, peak: float) -> dict:
+    torch.manual_seed(0)
+    model = build(args, width).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    net = torch.compile(model) if args.compile else model
+    amp = torch.bfloat16 if (device.type == "cuda" and args.precision == "bf16") else None
+    x = torch.randn(batch, 3, args.frames, args.size, args.size, device=device).clamp(-1, 1)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    logsnr = torch.zeros(batch, device=device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp) if amp is not None else torch.autocast(device.type, enabled=False)
+
+    def train_step():
+        with autocast():
+            loss = diffusion_loss(net, x, None).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def denoise_step():
+        with torch.inference_mode(), autocast():
+            net(x, logsnr, None)
+
+    fn = train_step if mode == "train" else denoise_step
+    with FlopCounterMode(display=False) as counter:
+        if mode == "train":
+            with autocast():
+                loss = diffusion_loss(model, x, None).loss
+            loss.backward()
+            opt.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), autocast():
+                model(x, logsnr, None)
+    flops = counter.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = measure(fn, device, args.steps, args.warmup)
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    achieved = flops / seconds
+    return {
+        "config": f"unet3d-w{width}-m{''.join(map(str, args.mults))}-{args.frames}x{args.size}",
+        "mode": mode, "batch": batch, "videos_per_s": round(batch / seconds, 2), "step_ms": round(1e3 * seconds, 2),
+        "flops_per_step": flops, "tflops": round(achieved / 1e12, 3), "mfu": round(achieved / peak, 4),
+        "peak_mem_gib": round(peak_mem, 2) if peak_mem is not None else None,
+        "params_m": round(model.num_parameters() / 1e6, 2), "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda" else "cpu", "precision": "bf16" if amp is not None else "fp32",
+        "compile": args.compile, "channels_last": args.channels_last, "checkpointing": args.checkpointing,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny sizes for a CPU check")
+    p.add_argument("--width", type=int, nargs="+", default=[64])
+    p.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--mode", choices=["train", "denoise", "both"], default="both")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--attn-levels", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--res-blocks", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--checkpointing", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.tiny:
+        args.width, args.batch, args.frames, args.size = [8], [2], 4, 16
+        args.mults, args.attn_levels, args.res_blocks, args.head_dim = [1, 2], [1], 1, 8
+        args.steps, args.warmup = 3, 1
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        peak = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32, 8192)
+    else:
+        peak = matmul_peak(device, torch.float32, 512 if args.tiny else 2048, reps=5)
+    print(json.dumps({"matmul_peak_tflops": round(peak / 1e12, 2), "device": str(device),
+                      "dtype": args.precision if device.type == "cuda" else "fp32"}), flush=True)
+    modes = ["train", "denoise"] if args.mode == "both" else [args.mode]
+    for width in args.width:
+        for batch in args.batch:
+            for mode in modes:
+                try:
+                    row = run_one(args, width, batch, mode, device, peak)
+                except torch.cuda.OutOfMemoryError:
+                    row = {"config": f"unet3d-w{width}", "mode": mode, "batch": batch, "oom": True}
+                    torch.cuda.empty_cache()
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
