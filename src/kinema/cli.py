@@ -82,7 +82,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kinema",
-        description="Video diffusion models (VDM, Imagen Video, Video LDM, W.A.L.T): train, sample, extend, evaluate.",
+        description="Video diffusion models (VDM, Imagen Video, Video LDM, W.A.L.T): train and sample.",
     )
     parser.add_argument("--version", action="version", version=f"kinema {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
