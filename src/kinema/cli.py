@@ -55,6 +55,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from kinema.config import load_config
     from kinema.data.io import write_video
+    from kinema.pipelines.build import resolve_device
     from kinema.pipelines.sample import sample_videos
     from kinema.train.loop import Trainer
 
@@ -64,7 +65,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config("demo", overrides + list(args.overrides))
     print(f"kinema demo: training a small video diffusion model on bouncing shapes for up to "
-          f"{args.minutes} min ({cfg.train.steps} steps max) on {cfg.train.device}...")
+          f"{args.minutes} min ({cfg.train.steps} steps max) on {resolve_device(cfg.train.device)}...")
     trainer = Trainer(cfg)
     summary = trainer.fit()
     videos = sample_videos(trainer.ema_model(), cfg, args.num, seed=0)

@@ -77,6 +77,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     warmup_steps: int = 500
+    lr_schedule: str = "constant"  # constant | cosine (decays to lr * lr_min_ratio at train.steps)
+    lr_min_ratio: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))

@@ -72,6 +72,13 @@ def test_grad_accumulation_runs_and_preview(tiny, tmp_path):
     assert path.stat().st_size > 0
 
 
-def test_warmup():
+def test_warmup_and_cosine_decay():
     assert lr_factor(0, 10) == pytest.approx(0.1)
     assert lr_factor(9, 10) == 1.0 and lr_factor(100, 10) == 1.0 and lr_factor(0, 0) == 1.0
+    assert lr_factor(10, 10, "cosine", 110) == pytest.approx(1.0)
+    assert lr_factor(60, 10, "cosine", 110) == pytest.approx(0.5)
+    assert lr_factor(110, 10, "cosine", 110, min_ratio=0.1) == pytest.approx(0.1)
+    factors = [lr_factor(s, 10, "cosine", 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    with pytest.raises(ValueError, match="linear"):
+        lr_factor(20, 10, "linear", 110)

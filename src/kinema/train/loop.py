@@ -32,11 +32,20 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
-def lr_factor(step: int, warmup_steps: int) -> float:
-    """Linear warmup from ~0 to 1 over ``warmup_steps`` optimizer steps, then constant."""
-    if warmup_steps <= 0:
+def lr_factor(step: int, warmup_steps: int, schedule: str = "constant", total_steps: int = 0,
+              min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier: linear warmup from ~0 to 1 over ``warmup_steps`` optimizer steps,
+    then ``constant``, or ``cosine`` decay to ``min_ratio`` at ``total_steps`` (Loshchilov & Hutter
+    2017, SGDR eq. 5 without restarts)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
         return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown train.lr_schedule {schedule!r}; choose constant or cosine")
 
 
 def batch_to_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, Conditioning]:
@@ -154,7 +163,7 @@ class Trainer:
         t = self.cfg.train
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = t.lr * lr_factor(self.step, t.warmup_steps)
+            group["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, t.lr_schedule, t.steps, t.lr_min_ratio)
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1 or self.world == 1
