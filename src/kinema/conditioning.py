@@ -8,7 +8,7 @@ Shapes (B = batch, F = frames, L = text tokens):
 
 - ``text_emb``        ``[B, L, D]`` float, token embeddings from a text encoder
 - ``text_mask``       ``[B, L]`` bool, True where a token is real
-- ``class_labels``    ``[B]`` long
+- ``class_labels``    ``[B]`` long; a negative label (``NULL_LABEL``) is the null / unconditional label
 - ``context``         ``[B, C, F, H, W]`` clean frames known to the model (prediction models)
 - ``context_mask``    ``[B, F]`` bool, True where ``context`` holds a known frame
 - ``lowres``          ``[B, C, F', H', W']`` low-resolution video for super-resolution models
@@ -29,6 +29,12 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+
+NULL_LABEL = -1  # class label meaning "no class" (classifier-free guidance's unconditional input)
+
+# Fields that classifier-free guidance drops. Structural / always-given inputs (frame_segments, lowres
+# and its noise level, fps, guidance_weight) are never dropped.
+DROPPABLE = ("text", "class_labels", "context")
 
 
 @dataclass
@@ -72,3 +78,46 @@ class Conditioning:
                     f"cannot concatenate conditionings with different fields: {names} vs {item.set_fields()}"
                 )
         return Conditioning(**{n: torch.cat([getattr(i, n) for i in items], dim=0) for n in names})
+
+
+def drop_conditioning(cond: Optional[Conditioning], drop: Optional[Tensor] = None,
+                      fields: tuple[str, ...] = DROPPABLE) -> Optional[Conditioning]:
+    """The unconditional counterpart of ``cond`` for classifier-free guidance (Ho & Salimans 2021,
+    section 3.2: a null token replaces the conditioning with some probability in training, and
+    always for the unconditional prediction at sampling time). The one place this is decided.
+
+    ``drop [B]`` bool selects the items to make unconditional (``None``: all of them). For those
+    items: ``text_mask`` becomes all False and ``text_emb`` zero (the backbone must accept a fully
+    masked text, e.g. through a learned null token); ``class_labels`` becomes ``NULL_LABEL``;
+    ``context_mask`` becomes all False and ``context`` zero (no known frames). ``fields`` limits
+    which of ``"text"``, ``"class_labels"``, ``"context"`` are dropped (e.g. guidance over text only).
+    Other fields are returned unchanged. Returns a new object; ``cond`` is not modified.
+    """
+    if cond is None:
+        return None
+    unknown = set(fields) - set(DROPPABLE)
+    if unknown:
+        raise ValueError(f"drop_conditioning: unknown fields {sorted(unknown)}; choose from {DROPPABLE}")
+    out = dataclasses.replace(cond)
+
+    def where(keep_value: Tensor, dropped_value) -> Tensor:
+        if drop is None:
+            return torch.as_tensor(dropped_value, dtype=keep_value.dtype, device=keep_value.device).expand_as(
+                keep_value).clone()
+        d = drop.to(keep_value.device).reshape(-1, *([1] * (keep_value.ndim - 1)))
+        return torch.where(d, torch.as_tensor(dropped_value, dtype=keep_value.dtype, device=keep_value.device),
+                           keep_value)
+
+    if "text" in fields:
+        if cond.text_emb is not None:
+            out.text_emb = where(cond.text_emb, 0)
+        if cond.text_mask is not None:
+            out.text_mask = where(cond.text_mask, False)
+    if "class_labels" in fields and cond.class_labels is not None:
+        out.class_labels = where(cond.class_labels, NULL_LABEL)
+    if "context" in fields:
+        if cond.context is not None:
+            out.context = where(cond.context, 0)
+        if cond.context_mask is not None:
+            out.context_mask = where(cond.context_mask, False)
+    return out

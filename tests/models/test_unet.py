@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kinema.conditioning import Conditioning
+from kinema.conditioning import NULL_LABEL, Conditioning
 from kinema.models import MODELS, UNet3D, UNetConfig, build_model
 from kinema.models.attention import TemporalAttention
 from kinema.models.blocks import TemporalConv
@@ -119,9 +119,13 @@ def test_class_conditioning_and_null_label():
     b = model(z, lam, Conditioning(class_labels=torch.tensor([2, 1])))
     assert (a[0] - b[0]).abs().max() > 1e-3, "the label changes the output"
     torch.testing.assert_close(a[1], b[1])
-    assert model.class_embedding.num_embeddings == 4, "label 3 is the null label"
-    null = model(z, lam, Conditioning(class_labels=torch.tensor([3, 3])))
+    null = model(z, lam, Conditioning(class_labels=torch.tensor([NULL_LABEL, NULL_LABEL])))
     torch.testing.assert_close(model(z, lam), null)  # no labels given: the null label
+    mixed = model(z, lam, Conditioning(class_labels=torch.tensor([NULL_LABEL, 1])))
+    torch.testing.assert_close(mixed[0], null[0])
+    torch.testing.assert_close(mixed[1], a[1])
+    with pytest.raises(ValueError, match="class label 3 out of range"):
+        model(z, lam, Conditioning(class_labels=torch.tensor([3, 0])))
 
 
 def test_noise_level_changes_output_and_extreme_logsnr_is_finite():

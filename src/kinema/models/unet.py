@@ -43,7 +43,7 @@ class UNetConfig:
     temporal_attention: bool = True  # False: a TemporalConv after every ResBlock instead (IV SR models)
     rel_pos_max_distance: int = 32  # T5-style bucketed relative position bias of temporal attention
     rel_pos_buckets: int = 32
-    num_classes: int = 0  # > 0: class-conditional; label `num_classes` is the null label (guidance)
+    num_classes: int = 0  # > 0: class-conditional; a negative label (NULL_LABEL) or none is the null label
     extra_in_channels: int = 0  # channels from cond (lowres / context) concatenated to z before conv_in
     gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
     norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
@@ -211,6 +211,10 @@ class UNet3D(nn.Module):
             labels = getattr(cond, "class_labels", None)
             if labels is None:
                 labels = torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=emb.device)
+            elif (labels >= self.cfg.num_classes).any():
+                raise ValueError(f"class label {int(labels.max())} out of range for num_classes="
+                                 f"{self.cfg.num_classes} (labels 0..{self.cfg.num_classes - 1}, or -1 for none)")
+            labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.num_classes), labels)
             emb = emb + self.class_embedding(labels)
         return emb
 
