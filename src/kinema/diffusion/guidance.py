@@ -5,17 +5,21 @@ The guided prediction is eps_tilde = (1 + w) eps_c - w eps_u. Because x_hat, eps
 all affine in the network output for a fixed z (objective.py), mixing in eps, v or x space gives
 the same result; kinema mixes x_hat and eps_hat with the same weights so they stay consistent.
 w = 0 is plain conditional sampling.
+
+Below: conditional sampling from an unconditional model (VDM section 3.1): the replacement method,
+reconstruction guidance, and the observation operators they use.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from kinema.conditioning import Conditioning
-from kinema.diffusion.objective import Prediction
+from kinema.diffusion.objective import Prediction, coefficients, eps_from_x
 
 
 def guide(cond: Prediction, uncond: Prediction, w: float | Tensor) -> Prediction:
@@ -46,3 +50,121 @@ def guided_denoiser(denoiser: Callable[..., Prediction], cond: Conditioning, unc
         return guide(Prediction(pred.x[:b], pred.eps[:b]), Prediction(pred.x[b:], pred.eps[b:]), w)
 
     return denoise
+
+
+# ---- conditional sampling from an unconditional model (VDM, Ho et al. 2022, section 3.1) ----------
+#
+# A video x is split into a known part x^a and an unknown part x^b. An observation operator A maps a
+# full video to what is known about it: y = A(x) = x^a. Two operators cover VDM's uses:
+#   - frame selection (temporal extension / interpolation): A(x) = x on the known frames, 0 elsewhere;
+#   - spatial downsampling (super-resolution, VDM eq. 8): A(x) = every frame resized to the low size.
+# Both wrappers below turn a sampler-ready ``denoise(z, logsnr) -> Prediction`` into another one, so
+# every sampler in samplers.py works unchanged (samplers stay stateless, one signature).
+
+Denoise = Callable[[Tensor, Tensor], Prediction]
+Operator = Callable[[Tensor], Tensor]
+
+
+def _normal(t: Tensor) -> Tensor:
+    """An inference-mode tensor cannot be saved for backward; outside inference mode a clone is a
+    normal tensor with the same values. Other tensors are returned as they are."""
+    return t.clone() if t.is_inference() else t
+
+
+def _frame_view(known: Tensor) -> Tensor:
+    """``known [B, F]`` bool -> ``[B, 1, F, 1, 1]`` for broadcasting against ``[B, C, F, H, W]``."""
+    if known.ndim != 2 or known.dtype != torch.bool:
+        raise ValueError(f"known frames must be a bool mask [B, F], got {known.dtype} of shape {tuple(known.shape)}")
+    return known[:, None, :, None, None]
+
+
+def frame_selection(known: Tensor) -> Operator:
+    """Observation operator for temporal conditioning (VDM section 3.1): ``A(x) = x`` on the
+    frames where ``known [B, F]`` is True and 0 elsewhere, so ``||x^a - A(x_hat)||^2`` sums over the
+    known frames only. ``x [B, C, F, H, W] -> [B, C, F, H, W]``."""
+    view = _frame_view(known)
+
+    def A(x: Tensor) -> Tensor:
+        return x * _normal(view).to(x.dtype)
+
+    return A
+
+
+def resize_frames(x: Tensor, size: tuple[int, int], *, antialias: bool = True) -> Tensor:
+    """Bilinear resize of every frame: ``[B, C, F, H, W] -> [B, C, F, size[0], size[1]]``; differentiable.
+    With ``antialias`` downsampling low-pass filters first (a triangle filter, like PIL's bilinear resize)."""
+    b, _, f = x.shape[:3]
+    frames = x.transpose(1, 2).flatten(0, 1)  # '(b f) c h w'
+    frames = F.interpolate(frames, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+    return frames.unflatten(0, (b, f)).transpose(1, 2)
+
+
+def spatial_downsampling(size: tuple[int, int]) -> Operator:
+    """Observation operator for spatial super-resolution (VDM section 3.1, eq. 8): x_hat^a is the
+    model's reconstruction downsampled to the low resolution ``size = (h, w)`` with a differentiable
+    (antialiased bilinear) resize. ``x [B, C, F, H, W] -> [B, C, F, h, w]``."""
+    size = (int(size[0]), int(size[1]))
+    if min(size) < 1:
+        raise ValueError(f"the low resolution must be positive, got {size}")
+    return lambda x: resize_frames(x, size)
+
+
+def replacement(denoise: Denoise, x_a: Tensor, known: Tensor, *,
+                generator: Optional[torch.Generator] = None) -> Denoise:
+    """The replacement method (VDM, Ho et al. 2022, section 3.1; Song et al. 2021 "score-based
+    inpainting"): before every model call the known part of z is overwritten by a fresh
+    forward-noised copy of the data, z_s^a = alpha_s x^a + sigma_s eps, eps ~ N(0, I); the model
+    then predicts x_hat^b from [z_s^a, z_s^b].
+
+    ``x_a [B, C, F, H, W]`` holds the known frames (values on unknown frames are ignored);
+    ``known [B, F]`` bool marks them. The returned prediction is x^a itself on the known frames
+    (with eps the noise drawn), so z stays a forward-noised copy of x^a there and every sampler's
+    last step onto clean data (log-SNR = +inf) returns the known frames exactly.
+    """
+    view = _frame_view(known)
+
+    def denoise_replaced(z: Tensor, logsnr: Tensor) -> Prediction:
+        alpha, sigma = coefficients(logsnr, z)
+        eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        x = x_a.to(z)
+        z = torch.where(view, alpha * x + sigma * eps, z)  # [B, C, F, H, W]
+        pred = denoise(z, logsnr)
+        return Prediction(torch.where(view, x, pred.x), torch.where(view, eps, pred.eps))
+
+    return denoise_replaced
+
+
+def reconstruction_guidance(denoise: Denoise, y: Tensor, A: Operator, w_r: float,
+                            correct: Optional[Tensor] = None) -> Denoise:
+    """Reconstruction guidance (VDM, Ho et al. 2022, section 3.1, eqs. 7 and 8):
+
+        x_tilde(z_t) = x_hat(z_t) - (w_r alpha_t / 2) grad_{z_t} ||y - A(x_hat(z_t))||^2,
+
+    where y = x^a is the observation and A the observation operator (:func:`frame_selection`,
+    :func:`spatial_downsampling`). It approximates E[x | z_t, x^a] with q(x^a | z_t) ~
+    N(x_hat^a, sigma_t^2 / alpha_t^2 I); w_r = 1 is that approximation, VDM uses w_r > 1.
+    ``correct [B, F]`` bool restricts the correction to those frames (eq. 7 corrects x_hat^b, the
+    unknown frames, only); None corrects everywhere (eq. 8). eps_hat is recomputed from x_tilde so
+    the prediction stays consistent with z.
+
+    The gradient needs autograd through the model. The wrapper turns it on locally (leaving
+    inference mode if the sampler runs inside it, and cloning inference tensors it is handed), so
+    callers may sample under ``torch.inference_mode()`` or ``torch.no_grad()``; tensors bound into
+    ``denoise`` (e.g. conditioning) should not be inference tensors. Costs one backward pass per step.
+    """
+    view = None if correct is None else _frame_view(correct)
+
+    def denoise_guided(z: Tensor, logsnr: Tensor) -> Prediction:
+        with torch.inference_mode(False), torch.enable_grad():
+            z_in = _normal(z).detach().requires_grad_(True)
+            pred = denoise(z_in, _normal(logsnr))
+            err = (_normal(y).to(pred.x) - A(pred.x)).square().sum()
+            (grad,) = torch.autograd.grad(err, z_in)  # [B, C, F, H, W]
+        alpha, sigma = coefficients(logsnr, z)
+        step = (w_r * alpha / 2) * grad.to(z.dtype)
+        if view is not None:
+            step = step * view.to(step.dtype)
+        x = pred.x.detach() - step
+        return Prediction(x, eps_from_x(z, x, alpha, sigma))
+
+    return denoise_guided
