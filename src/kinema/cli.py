@@ -50,6 +50,54 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extend(args: argparse.Namespace) -> int:
+    from kinema.data.io import write_video
+    from kinema.pipelines.build import load_from_checkpoint
+    from kinema.pipelines.extend import extend_video, read_clip
+    from kinema.pipelines.sample import is_context_model
+
+    model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
+    method = args.method or ("context" if is_context_model(cfg) else "reconstruction")
+    clip = read_clip(args.input, cfg.model.unet.in_channels, args.size or cfg.data.size)
+    video = extend_video(model, cfg, clip, args.frames, method=method, overlap=args.overlap, window=args.window,
+                         guidance=args.guidance, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
+    out = write_video(args.out, video, fps=args.fps or cfg.sample.fps)
+    print(f"extended {args.input} from {clip.shape[2]} to {video.shape[2]} frames ({method}) with {ckpt}; wrote {out}")
+    return 0
+
+
+def _cmd_upsample(args: argparse.Namespace) -> int:
+    from kinema.data.io import write_video
+    from kinema.pipelines.build import load_from_checkpoint
+    from kinema.pipelines.extend import read_clip
+    from kinema.pipelines.upsample import upsample_video
+
+    model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
+    low = read_clip(args.input, cfg.model.unet.in_channels, max_frames=args.max_frames)
+    video = upsample_video(model, cfg, low, size=args.size, guidance=args.guidance, steps=args.steps,
+                           sampler=args.sampler, eta=args.eta, seed=args.seed)
+    out = write_video(args.out, video, fps=args.fps or cfg.sample.fps)
+    print(f"upsampled {args.input} from {tuple(low.shape[-2:])} to {tuple(video.shape[-2:])} with {ckpt}; wrote {out}")
+    return 0
+
+
+def _checkpoint_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its newest checkpoint)")
+    return p
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that sample from a checkpoint."""
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's sample.steps)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="default: sample.sampler")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=None)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -100,21 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("sample", help="sample videos from a checkpoint")
-    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its newest checkpoint)")
+    p = _checkpoint_command(sub, "sample", "sample videos from a checkpoint")
     p.add_argument("--num", type=int, default=8, help="number of videos (default 8)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's sample.steps)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="default: sample.sampler")
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: as trained)")
     p.add_argument("--size", type=int, default=None, help="height = width (default: as trained)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--fps", type=int, default=None)
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="samples.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    _add_sampling_args(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = _checkpoint_command(sub, "extend", "extend a video to any length, window by window (VDM section 3.1)")
+    p.add_argument("--input", required=True, help="the video to extend (mp4, gif, webm, png grid, ...)")
+    p.add_argument("--frames", type=int, required=True, help="length of the result in frames, input included")
+    p.add_argument("--method", choices=["reconstruction", "replacement", "context"], default=None,
+                   help="context for context-conditioned models, else reconstruction (default)")
+    p.add_argument("--overlap", type=int, default=None, help="known frames per window (default: half the window)")
+    p.add_argument("--window", type=int, default=None, help="frames per window (default: the training length)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="reconstruction: w_r (default 5); context: classifier-free weight over the context (default 0)")
+    p.add_argument("--size", type=int, default=None, help="resize the input to this size (default: as trained)")
+    p.add_argument("--out", default="longer.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    _add_sampling_args(p)
+    p.set_defaults(func=_cmd_extend)
+
+    p = _checkpoint_command(sub, "upsample", "super-resolve a low-resolution video with an unconditional model (VDM eq. 8)")
+    p.add_argument("--input", required=True, help="the low-resolution video")
+    p.add_argument("--size", type=int, default=None, help="output height = width (default: the model's data.size)")
+    p.add_argument("--guidance", type=float, default=10.0, help="reconstruction guidance weight w_r (default 10)")
+    p.add_argument("--max-frames", type=int, default=None, help="use only the first frames of the input")
+    p.add_argument("--out", default="high.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    _add_sampling_args(p)
+    p.set_defaults(func=_cmd_upsample)
 
     p = sub.add_parser("demo", help="train a small model on built-in bouncing shapes and write samples")
     p.add_argument("--out", default="kinema-demo", help="run directory (default ./kinema-demo)")

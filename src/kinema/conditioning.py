@@ -121,3 +121,16 @@ def drop_conditioning(cond: Optional[Conditioning], drop: Optional[Tensor] = Non
         if cond.context_mask is not None:
             out.context_mask = where(cond.context_mask, False)
     return out
+
+
+def with_context(cond: Optional[Conditioning], frames: Tensor, known: Tensor) -> Conditioning:
+    """``cond`` (or an empty Conditioning) with known frames for a context-conditioned model:
+    ``context = frames`` zeroed where unknown, ``context_mask = known``. ``frames [B, C, F, H, W]``,
+    ``known [B, F]`` bool; an all-False ``known`` is the null (unconditional) context."""
+    if known.dtype != torch.bool or known.shape != (frames.shape[0], frames.shape[2]):
+        raise ValueError(f"context mask must be bool [B, F] = {[frames.shape[0], frames.shape[2]]}, got "
+                         f"{known.dtype} of shape {tuple(known.shape)}")
+    out = dataclasses.replace(cond) if cond is not None else Conditioning()
+    out.context = frames * known[:, None, :, None, None].to(frames.dtype)
+    out.context_mask = known
+    return out

@@ -66,6 +66,17 @@ class DataConfig:
 
 
 @dataclass
+class ContextConfig:
+    """Context-conditioned (prediction) models (VDM section 3.1 / Video LDM section 3.3): each training
+    item gets a random number of clean known frames in ``Conditioning.context`` + ``context_mask``
+    (needs ``model.unet.extra_in_channels = in_channels + 1``); the loss skips the known frames."""
+
+    max_frames: int = 0  # 0: off. Else each item gets 0..max_frames known frames (< data.num_frames)
+    none_prob: float = 0.1  # share of items with no known frames: the model is also unconditional
+    interpolation_prob: float = 0.25  # share of conditioned items whose known frames are split over both ends
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/kinema"
     steps: int = 10000
@@ -95,6 +106,7 @@ class TrainConfig:
     sample_steps: int = 32
     tensorboard: bool = True  # used when the tensorboard package is installed
     progress: bool = True
+    context: ContextConfig = field(default_factory=ContextConfig)
 
 
 @dataclass

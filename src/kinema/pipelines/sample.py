@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kinema.conditioning import Conditioning
+from kinema.conditioning import Conditioning, with_context
 from kinema.config import KinemaConfig
 from kinema.diffusion.objective import Denoiser
 from kinema.diffusion.samplers import get_sampler
@@ -22,6 +23,47 @@ def video_shape(cfg: KinemaConfig, frames: Optional[int] = None, size: Optional[
     f = frames or cfg.data.num_frames
     s = size or cfg.data.size
     return c, f, s, s
+
+
+@dataclass
+class SamplerSettings:
+    """A sampler with its time grid and options, resolved from ``cfg.sample`` and explicit overrides."""
+
+    fn: Callable[..., torch.Tensor]
+    grid: torch.Tensor  # log-SNR grid, float64 [steps + 1]
+    steps: int
+    thresholding: Optional[str]
+    extra: dict
+
+    @classmethod
+    def from_config(cls, cfg: KinemaConfig, *, steps: Optional[int] = None, sampler: Optional[str] = None,
+                    eta: Optional[float] = None, spacing: Optional[str] = None,
+                    thresholding: Optional[str] = "config") -> "SamplerSettings":
+        s = cfg.sample
+        steps = steps or s.steps
+        name = sampler or s.sampler
+        eta = s.eta if eta is None else eta
+        return cls(get_sampler(name), sampling_grid(build_schedule(cfg), steps, spacing or s.spacing), steps,
+                   s.thresholding if thresholding == "config" else thresholding,
+                   {"eta": eta} if name == "ddim" else {})
+
+    def __call__(self, denoise, z: torch.Tensor, *, generator=None, callback=None) -> torch.Tensor:
+        return self.fn(denoise, z, self.grid, generator=generator, thresholding=self.thresholding,
+                       callback=callback, **self.extra)
+
+
+def is_context_model(cfg: KinemaConfig) -> bool:
+    """Whether the config's model was trained with context frames (``train.context.max_frames > 0``)."""
+    return cfg.train.context.max_frames > 0
+
+
+def complete_context(cfg: KinemaConfig, cond: Optional[Conditioning], z: torch.Tensor) -> Optional[Conditioning]:
+    """A context model always takes context channels: give it the null context (no known frame)
+    when ``cond`` sets none. ``z [B, C, F, H, W]``. Other models: ``cond`` unchanged."""
+    if not is_context_model(cfg) or (cond is not None and cond.context is not None):
+        return cond
+    return with_context(cond, torch.zeros_like(z), torch.zeros(z.shape[0], z.shape[2], dtype=torch.bool,
+                                                                  device=z.device))
 
 
 @torch.inference_mode()
@@ -48,32 +90,27 @@ def sample_videos(
     Sampler settings default to ``cfg.sample``. Sampling runs in batches of ``batch_size`` under
     ``torch.inference_mode`` and bf16 autocast on CUDA. Reproducible given ``seed``.
     """
-    s = cfg.sample
-    steps = steps or s.steps
-    sampler_fn = get_sampler(sampler or s.sampler)
-    eta = s.eta if eta is None else eta
-    thresholding = s.thresholding if thresholding == "config" else thresholding
+    run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
+                                      thresholding=thresholding)
     device = next(model.parameters()).device
     amp = autocast_dtype(precision, device)
     denoiser = Denoiser(model, cfg.diffusion.parameterization)
-    grid = sampling_grid(build_schedule(cfg), steps, spacing or s.spacing)
     generator = torch.Generator(device).manual_seed(seed)
     shape = video_shape(cfg, frames, size)
-    extra = {"eta": eta} if (sampler or s.sampler) == "ddim" else {}
     outputs = []
-    bar = tqdm(total=steps * ((num + batch_size - 1) // batch_size), desc="sampling", disable=not progress,
+    bar = tqdm(total=run.steps * ((num + batch_size - 1) // batch_size), desc="sampling", disable=not progress,
                unit="step", leave=False)
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
         z = torch.randn((b, *shape), generator=generator, device=device)
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
+        c = complete_context(cfg, c, z)
 
         def denoise(z_, logsnr):
             with autocast(device, amp):
                 return denoiser(z_, logsnr, c)
 
-        video = sampler_fn(denoise, z, grid, generator=generator, thresholding=thresholding,
-                           callback=lambda *a: bar.update(1), **extra)
+        video = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1))
         outputs.append(video.float().clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(outputs)

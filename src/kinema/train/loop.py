@@ -24,6 +24,7 @@ from kinema.config import KinemaConfig, save_config, to_yaml
 from kinema.diffusion.objective import diffusion_loss
 from kinema.pipelines.build import autocast, autocast_dtype, build_model, build_schedule, resolve_device
 from kinema.train import checkpoint as ckpt_io
+from kinema.train.context import add_context, check_context_config
 from kinema.train.distributed import all_reduce_mean, is_main, print0, rank, world_size
 from kinema.train.ema import EMA
 
@@ -102,6 +103,8 @@ class Trainer:
     # ---- setup helpers -----------------------------------------------------------------------------
 
     def _check_channels(self) -> None:
+        u = self.cfg.model.unet
+        check_context_config(self.cfg.train.context, self.cfg.data.num_frames, u.in_channels, u.extra_in_channels)
         item = self.dataset[0]["video"]
         want = self.cfg.model.unet.in_channels
         if item.shape[0] != want:
@@ -149,13 +152,14 @@ class Trainer:
 
     def loss(self, batch: dict) -> torch.Tensor:
         x, cond = batch_to_inputs(batch, self.device)
+        cond, frame_weight = add_context(x, cond, self.cfg.train.context, self.generator)  # context models
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         d = self.cfg.diffusion
         with autocast(self.device, self.amp):
             out = diffusion_loss(self.net, x, cond, schedule=self.schedule, parameterization=d.parameterization,
                                  weighting=d.weighting, min_snr_gamma=d.min_snr_gamma, t_sampling=d.t_sampling,
-                                 generator=self.generator)
+                                 generator=self.generator, frame_weight=frame_weight)
         return out.loss
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
