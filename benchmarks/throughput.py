@@ -34,8 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from kinema.conditioning import Conditioning, drop_conditioning
 from kinema.diffusion.guidance import guided_denoiser
 from kinema.diffusion.objective import Denoiser, diffusion_loss
-from kinema.models import UNet3D, UNetConfig
+from kinema.models import UNet3D
 from kinema.train.ema import EMA
+from unet_args import add_unet_args, unet_config
 
 
 def sync(device: torch.device) -> None:
@@ -57,13 +58,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int = 20
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def build(args, width: int) -> UNet3D:
-    cfg = UNetConfig(in_channels=3, dim=width, dim_mults=tuple(args.mults), num_res_blocks=args.res_blocks,
-                     attn_levels=tuple(args.attn_levels), head_dim=args.head_dim,
-                     gradient_checkpointing=args.checkpointing, num_classes=args.num_classes)
-    return UNet3D(cfg)
-
-
 def measure(fn, device, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
@@ -79,7 +73,7 @@ def measure(fn, device, steps: int, warmup: int) -> float:
 
 def run_one(args, width: int, batch: int, mode: str, device: torch.device, peak: float) -> dict:
     torch.manual_seed(0)
-    model = build(args, width).to(device)
+    model = UNet3D(unet_config(args, width)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     net = torch.compile(model) if args.compile else model
@@ -131,7 +125,7 @@ def run_one(args, width: int, batch: int, mode: str, device: torch.device, peak:
     return {
         "config": f"unet3d-w{width}-m{''.join(map(str, args.mults))}-{args.frames}x{args.size}",
         "mode": mode, "batch": batch, "videos_per_s": round(batch / seconds, 2), "step_ms": round(1e3 * seconds, 2),
-        "flops_per_step": flops, "tflops": round(achieved / 1e12, 3), "mfu": round(achieved / peak, 4),
+        "flops_per_step": flops, "tflops": float(f"{achieved / 1e12:.4g}"), "mfu": float(f"{achieved / peak:.4g}"),
         "peak_mem_gib": round(peak_mem, 2),
         "params_m": round(model.num_parameters() / 1e6, 2), "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else "cpu", "precision": "bf16" if amp is not None else "fp32",
@@ -151,23 +145,13 @@ def peak_rss() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny sizes for a CPU check")
-    p.add_argument("--width", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
+    add_unet_args(p)
     p.add_argument("--mode", nargs="+", choices=["train", "denoise", "guided"], default=["train", "denoise", "guided"])
-    p.add_argument("--num-classes", type=int, default=0,
-                   help="class-conditional model (guided mode then drops the labels for its unconditional half)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--attn-levels", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--res-blocks", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.tiny:

@@ -14,7 +14,10 @@ negligible) with fused attention, which keeps q, k, v, the output and one float 
 scores_gib: what an attention that materializes its softmax(QK^T) matrices would keep on top.
 eager_other_traffic_gib: bytes (bf16) read and written by all non-matmul ops of the step run one
 by one as eager PyTorch does (views excluded): divided by the memory bandwidth, a lower bound on
-their time that fusion (torch.compile) can cut.
+their time that fusion (torch.compile) can cut. of_which_copies_gib: the part that only changes
+memory layout (copy_ / clone: transposes between the '(b f) c h w' and 'b c f h w' views, token
+layouts for attention, contiguous() before a convolution); --channels-last shows how much of it
+channels_last_3d activations remove.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from kinema.models import UNet3D, UNetConfig
+from unet_args import add_unet_args, unet_config
 
 
 MATMUL_OPS = ("convolution", "mm", "bmm", "addmm", "scaled_dot_product", "softmax")
@@ -49,6 +53,7 @@ class _Traffic(TorchDispatchMode):
         self.score_elements = 0
         self.score_storages: set[int] = set()
         self.other_elements = 0
+        self.copy_elements = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -60,14 +65,19 @@ class _Traffic(TorchDispatchMode):
             tensors = [t for t in (*args, *(out if isinstance(out, (tuple, list)) else (out,)))
                        if isinstance(t, torch.Tensor) and t.dtype.is_floating_point]
             self.other_elements += sum(t.numel() for t in tensors)
+            if name.split(".")[0] in ("copy_", "clone", "_to_copy"):
+                self.copy_elements += sum(t.numel() for t in tensors)
         return out
 
 
-def step_cost(cfg: UNetConfig, batch: int, frames: int, size: int) -> dict:
+def step_cost(cfg: UNetConfig, batch: int, frames: int, size: int, channels_last: bool = False) -> dict:
     with torch.device("meta"):
         model = UNet3D(cfg)
         x = torch.empty(batch, cfg.in_channels, frames, size, size)
         logsnr = torch.zeros(batch)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     saved: dict[int, int] = {}
     traffic = _Traffic()
 
@@ -91,32 +101,24 @@ def step_cost(cfg: UNetConfig, batch: int, frames: int, size: int) -> dict:
     total = sum(flops.values())
     act_elems = sum(saved.values())
     return {"config": f"unet3d-w{cfg.dim}-m{''.join(map(str, cfg.dim_mults))}-{frames}x{size}", "batch": batch,
-            "checkpointing": cfg.gradient_checkpointing,
+            "checkpointing": cfg.gradient_checkpointing, "channels_last": channels_last,
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "train_tflop": round(total / 1e12, 3),
             "share": {k: round(v / total, 3) for k, v in sorted(flops.items())},
             "saved_gib": round(2 * act_elems / 2**30, 2), "scores_gib": round(2 * traffic.score_elements / 2**30, 2),
-            "eager_other_traffic_gib": round(2 * traffic.other_elements / 2**30, 1)}
+            "eager_other_traffic_gib": round(2 * traffic.other_elements / 2**30, 1),
+            "of_which_copies_gib": round(2 * traffic.copy_elements / 2**30, 1)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--attn-levels", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--res-blocks", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per U-Net block")
+    add_unet_args(p)
+    p.add_argument("--channels-last", action="store_true", help="channels_last_3d weights and activations")
     args = p.parse_args()
     for width in args.width:
-        cfg = UNetConfig(in_channels=3, dim=width, dim_mults=tuple(args.mults), num_res_blocks=args.res_blocks,
-                         attn_levels=tuple(args.attn_levels), head_dim=args.head_dim,
-                         gradient_checkpointing=args.checkpointing)
+        cfg = unet_config(args, width)
         for batch in args.batch:
-            print(json.dumps(step_cost(cfg, batch, args.frames, args.size)), flush=True)
+            print(json.dumps(step_cost(cfg, batch, args.frames, args.size, args.channels_last)), flush=True)
 
 
 if __name__ == "__main__":

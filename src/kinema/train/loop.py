@@ -4,6 +4,11 @@
 clipping and accumulation, an EMA of the weights, bf16 autocast on CUDA (fp32 on CPU), atomic
 checkpoints and exact resume, JSONL / TensorBoard logs, a progress bar, preview GIFs and a
 loss-curve PNG. A NaN/inf loss stops the run with a message naming the step.
+
+Under ``torchrun`` the same code trains data-parallel (``train.parallel``: DDP, or FSDP2 sharding);
+``train.batch_size`` is the global batch, and N processes produce the weights one process would
+(noise and times are drawn for the global batch, see :meth:`Trainer.draw_global`). Checkpoints are
+written by rank 0 in one format for every world size, so runs resume on more or fewer GPUs.
 """
 
 from __future__ import annotations
