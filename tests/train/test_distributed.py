@@ -20,8 +20,10 @@ from kinema.train.loop import Trainer
 from conftest import tiny_overrides
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-STEPS = {"train.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2, "train.warmup_steps": 1,
-         "train.lr": 1e-3, "train.ema_warmup": False, "train.ema_decay": 0.5}
+# Global batch 4 in 2 accumulated micro-batches: 2 items per micro-batch in one process, 1 per rank
+# in two (exercising DDP's no_sync and FSDP's deferred gradient reduction).
+STEPS = {"train.batch_size": 4, "train.grad_accum": 2, "train.steps": 4, "train.ckpt_every": 2,
+         "train.warmup_steps": 1, "train.lr": 1e-3, "train.ema_warmup": False, "train.ema_decay": 0.5}
 TOL = {"rtol": 1e-4, "atol": 2e-6}
 
 
