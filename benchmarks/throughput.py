@@ -1,14 +1,21 @@
 """Training and denoising throughput of kinema's backbones; prints one JSON line per measurement.
 
-    python benchmarks/throughput.py                      # reference config, batches 8 16 32, on CUDA
-    python benchmarks/throughput.py --width 128          # paper-scale width
+    python benchmarks/throughput.py                      # widths 64 and 128, batches 8 16 32, on CUDA
+    python benchmarks/throughput.py --width 64 --mode train --compile --channels-last
     python benchmarks/throughput.py --tiny               # a tiny size that runs on CPU in seconds
 
-Fields: config, batch, mode (train = loss + backward + AdamW step; denoise = one forward under
-inference_mode), videos_per_s, step_ms (median after warm-up, synchronized), flops_per_step
+Modes: train = the trainer's step (v-loss, backward, gradient clipping, fused AdamW on CUDA, EMA
+update); denoise = one network evaluation under inference_mode; guided = one classifier-free-guided
+evaluation (conditional and unconditional halves batched into one forward of 2B videos, then
+mixed), what each sampling step costs with guidance. Options --compile, --channels-last and
+--checkpointing make their effect measurable.
+
+Fields: config, batch, mode, videos_per_s (per step; for denoise / guided: videos denoised by one
+step per second), step_ms (median after warm-up, synchronized), flops_per_step
 (torch.utils.flop_counter), tflops (achieved), mfu (against the bf16 - or, on CPU, fp32 - matmul
-rate measured in this same run), peak_mem_gib, params_m, device. A batch that runs out of memory
-prints {"oom": true}.
+rate measured in this same run), peak_mem_gib (CUDA allocator peak; on CPU the process's peak
+resident memory, which includes everything run before), params_m, device, precision and the
+options. A batch that runs out of memory prints {"oom": true}.
 
 The reference configuration (DESIGN.md section 6): unconditional, 16 frames x 64x64, U-Net width 64
 with multipliers 1, 2, 4, 8, bf16, AdamW.
@@ -24,8 +31,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kinema.diffusion.objective import diffusion_loss
-from kinema.models import UNet3D, UNetConfig
+from kinema.conditioning import Conditioning, drop_conditioning
+from kinema.diffusion.guidance import guided_denoiser
+from kinema.diffusion.objective import Denoiser, diffusion_loss
+from kinema.models import UNet3D
+from kinema.train.ema import EMA
+from unet_args import add_unet_args, unet_config
 
 
 def sync(device: torch.device) -> None:
@@ -47,13 +58,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int = 20
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def build(args, width: int) -> UNet3D:
-    cfg = UNetConfig(in_channels=3, dim=width, dim_mults=tuple(args.mults), num_res_blocks=args.res_blocks,
-                     attn_levels=tuple(args.attn_levels), head_dim=args.head_dim,
-                     gradient_checkpointing=args.checkpointing)
-    return UNet3D(cfg)
-
-
 def measure(fn, device, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
@@ -69,7 +73,7 @@ def measure(fn, device, steps: int, warmup: int) -> float:
 
 def run_one(args, width: int, batch: int, mode: str, device: torch.device, peak: float) -> dict:
     torch.manual_seed(0)
-    model = build(args, width).to(device)
+    model = UNet3D(unet_config(args, width)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     net = torch.compile(model) if args.compile else model
@@ -78,67 +82,76 @@ def run_one(args, width: int, batch: int, mode: str, device: torch.device, peak:
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    ema = EMA(model, 0.999)
     logsnr = torch.zeros(batch, device=device)
+    labels = torch.arange(batch, device=device) % max(args.num_classes, 1)
+    cond = Conditioning(class_labels=labels) if args.num_classes else Conditioning()
+    guided = guided_denoiser(Denoiser(net, "v"), cond, drop_conditioning(cond), w=3.0)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp) if amp is not None else torch.autocast(device.type, enabled=False)
 
-    def train_step():
+    def train_step(network=net, update=True):
         with autocast():
-            loss = diffusion_loss(net, x, None).loss
+            loss = diffusion_loss(network, x, cond).loss
         loss.backward()
-        opt.step()
+        if update:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model, 1000)
         opt.zero_grad(set_to_none=True)
 
-    def denoise_step():
+    def denoise_step(network=net):
         with torch.inference_mode(), autocast():
-            net(x, logsnr, None)
+            network(x, logsnr, cond)
 
-    fn = train_step if mode == "train" else denoise_step
-    with FlopCounterMode(display=False) as counter:
-        if mode == "train":
-            with autocast():
-                loss = diffusion_loss(model, x, None).loss
-            loss.backward()
-            opt.zero_grad(set_to_none=True)
+    def guided_step(network=net):
+        with torch.inference_mode(), autocast():
+            guided(x, logsnr)
+
+    fn = {"train": train_step, "denoise": denoise_step, "guided": guided_step}[mode]
+    with FlopCounterMode(display=False) as counter:  # the eager model: FLOPs are the same compiled or not
+        if mode == "guided":
+            with torch.inference_mode(), autocast():
+                guided_denoiser(Denoiser(model, "v"), cond, drop_conditioning(cond), w=3.0)(x, logsnr)
         else:
-            with torch.no_grad(), autocast():
-                model(x, logsnr, None)
+            fn(model, update=False) if mode == "train" else fn(model)
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = measure(fn, device, args.steps, args.warmup)
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()) / 2**30
     achieved = flops / seconds
     return {
         "config": f"unet3d-w{width}-m{''.join(map(str, args.mults))}-{args.frames}x{args.size}",
         "mode": mode, "batch": batch, "videos_per_s": round(batch / seconds, 2), "step_ms": round(1e3 * seconds, 2),
-        "flops_per_step": flops, "tflops": round(achieved / 1e12, 3), "mfu": round(achieved / peak, 4),
-        "peak_mem_gib": round(peak_mem, 2) if peak_mem is not None else None,
+        "flops_per_step": flops, "tflops": float(f"{achieved / 1e12:.4g}"), "mfu": float(f"{achieved / peak:.4g}"),
+        "peak_mem_gib": round(peak_mem, 2),
         "params_m": round(model.num_parameters() / 1e6, 2), "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else "cpu", "precision": "bf16" if amp is not None else "fp32",
         "compile": args.compile, "channels_last": args.channels_last, "checkpointing": args.checkpointing,
     }
 
 
+def peak_rss() -> float:
+    """Peak resident memory of this process in bytes (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(rss if sys.platform == "darwin" else rss * 1024)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny sizes for a CPU check")
-    p.add_argument("--width", type=int, nargs="+", default=[64])
-    p.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--mode", choices=["train", "denoise", "both"], default="both")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--attn-levels", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--res-blocks", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=64)
+    add_unet_args(p)
+    p.add_argument("--mode", nargs="+", choices=["train", "denoise", "guided"], default=["train", "denoise", "guided"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.tiny:
@@ -154,7 +167,7 @@ def main() -> None:
         peak = matmul_peak(device, torch.float32, 512 if args.tiny else 2048, reps=5)
     print(json.dumps({"matmul_peak_tflops": round(peak / 1e12, 2), "device": str(device),
                       "dtype": args.precision if device.type == "cuda" else "fp32"}), flush=True)
-    modes = ["train", "denoise"] if args.mode == "both" else [args.mode]
+    modes = args.mode
     for width in args.width:
         for batch in args.batch:
             for mode in modes:

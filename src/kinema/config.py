@@ -98,6 +98,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     channels_last: bool = False
+    parallel: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2: shard weights, gradients, optimizer state)
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 3

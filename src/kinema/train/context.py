@@ -12,7 +12,7 @@ frames at both ends (interpolation). The network gets them through ``Conditionin
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -39,14 +39,16 @@ def check_context_config(cfg: ContextConfig, num_frames: int, in_channels: int, 
 
 
 def sample_context_mask(batch: int, frames: int, cfg: ContextConfig, *, generator: Optional[torch.Generator] = None,
-                        device=None, clip_frames: Optional[Tensor] = None) -> Tensor:
+                        device=None, clip_frames: Optional[Tensor] = None,
+                        rand: Optional[Callable[[int], Tensor]] = None) -> Tensor:
     """Known-frame mask ``[batch, frames]`` bool, drawn per item: none with probability
     ``cfg.none_prob``; otherwise k ~ U{1..max_frames} known frames, all leading (prediction) or, with
     probability ``cfg.interpolation_prob`` and k >= 2, k1 ~ U{1..k-1} leading and k - k1 trailing
     (interpolation). ``clip_frames [batch]`` (long) is the length of each item's clip when images are
-    appended after it (joint training); trailing context ends there."""
+    appended after it (joint training); trailing context ends there. ``rand(n) -> [n]`` U(0, 1) draws
+    replace ``torch.rand(n, generator=generator)`` (the trainer passes its rank-aware global draws)."""
     def uniform(n):
-        return torch.rand(n, generator=generator, device=device)
+        return rand(n) if rand is not None else torch.rand(n, generator=generator, device=device)
 
     k = 1 + (uniform(batch) * cfg.max_frames).long().clamp_max(cfg.max_frames - 1)  # [B] in 1..max
     k = torch.where(uniform(batch) < cfg.none_prob, torch.zeros_like(k), k)
@@ -59,8 +61,8 @@ def sample_context_mask(batch: int, frames: int, cfg: ContextConfig, *, generato
     return (pos < lead[:, None]) | ((pos >= (end - trail)[:, None]) & (pos < end[:, None]))
 
 
-def add_context(x: Tensor, cond: Conditioning, cfg: ContextConfig, generator: Optional[torch.Generator] = None
-                ) -> tuple[Conditioning, Optional[Tensor]]:
+def add_context(x: Tensor, cond: Conditioning, cfg: ContextConfig, generator: Optional[torch.Generator] = None,
+                rand: Optional[Callable[[int], Tensor]] = None) -> tuple[Conditioning, Optional[Tensor]]:
     """The trainer's one hook for context models: ``cond`` with random known frames of ``x
     [B, C, F, H, W]`` and the loss's ``frame_weight [B, F]`` (0 on known frames). A no-op
     (``cond, None``) when ``cfg.max_frames == 0``."""
@@ -69,6 +71,6 @@ def add_context(x: Tensor, cond: Conditioning, cfg: ContextConfig, generator: Op
     clip_frames = None
     if cond.frame_segments is not None:  # appended images (other segments) are never context
         clip_frames = (cond.frame_segments == cond.frame_segments[:, :1]).sum(1)
-    known = sample_context_mask(x.shape[0], x.shape[2], cfg, generator=generator, device=x.device,
+    known = sample_context_mask(x.shape[0], x.shape[2], cfg, generator=generator, device=x.device, rand=rand,
                                 clip_frames=clip_frames)
     return with_context(cond, x, known), (~known).to(x.dtype)

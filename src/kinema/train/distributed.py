@@ -1,12 +1,17 @@
 """Distributed helpers that also work without distribution (DESIGN.md section 5, habit 8).
 
 With one process (no ``torchrun``), ``rank()`` is 0, ``world_size()`` is 1, ``print0`` prints and
-``barrier`` does nothing, so the same code path runs on one CPU in tests.
+``barrier`` does nothing, so the same code path runs on one CPU in tests. Under ``torchrun`` the
+trainer wraps the model with :func:`wrap_for_parallel` (DDP, or FSDP2 for models whose weights and
+optimizer state should be sharded) and draws its noise for the global batch, keeping this rank's
+rows (:func:`local_slice`), so N processes train exactly like one process with the same global
+batch.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -70,3 +75,101 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     out = value.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / world_size()
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over ranks (identity with one process)."""
+    if not is_initialized():
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` with one process).
+    Uses pickle over the process group: only for kinema's own small state (RNG states)."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def local_slice(global_batch: torch.Tensor, rank_: int, world: int) -> torch.Tensor:
+    """Rank ``rank_``'s rows ``[rank_::world]`` of a tensor drawn for the whole global batch.
+
+    The loader gives rank r the items at global batch positions r, r + world, r + 2 world, ...
+    (:func:`kinema.data.loader.shard_indices`), so slicing random draws the same way pairs every
+    item with the noise it would get in a one-process run with the same global batch. The slice
+    is copied so the global tensor can be freed."""
+    if world == 1:
+        return global_batch
+    return global_batch[rank_::world].contiguous()
+
+
+# ---- model wrapping -----------------------------------------------------------------------------
+
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FSDP units of a backbone: every entry of its top-level ``nn.ModuleList`` attributes (the
+    U-Net's down / middle / up blocks; a transformer's block list). Each unit's parameters are
+    gathered just before it runs and freed after, so peak memory holds one unit's full weights."""
+    units = []
+    for child in model.children():
+        if isinstance(child, torch.nn.ModuleList):
+            units.extend(child)
+    return units
+
+
+def wrap_for_parallel(model: torch.nn.Module, mode: str, device: torch.device,
+                      param_dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
+    """``model`` ready for data-parallel training over the default process group.
+
+    - ``ddp``: ``DistributedDataParallel`` (every rank holds all weights and optimizer state;
+      gradients are averaged in buckets overlapped with the backward pass). Returns the wrapper;
+      ``model`` itself stays the plain module.
+    - ``fsdp``: FSDP2, ``torch.distributed.fsdp.fully_shard`` on every :func:`shard_units` entry and
+      on the root: parameters, gradients and optimizer state are sharded over ranks (as DTensors),
+      gradients reduce-scattered in float32. ``param_dtype`` (bf16 under bf16 training) is the
+      dtype the gathered weights are computed in. Shards ``model`` in place and returns it.
+    """
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"unknown train.parallel {mode!r}; choose one of {', '.join(PARALLEL_MODES)}")
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for unit in shard_units(model):
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a sharded DTensor (a collective: every rank must call it); plain
+    tensors are returned as they are."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out like ``like``: this rank's shard when ``like`` is a DTensor, else ``full``."""
+    if not _is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements)
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5: no DTensor, hence no FSDP2
+        return False
+    return isinstance(t, DTensor)

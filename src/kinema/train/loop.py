@@ -4,6 +4,11 @@
 clipping and accumulation, an EMA of the weights, bf16 autocast on CUDA (fp32 on CPU), atomic
 checkpoints and exact resume, JSONL / TensorBoard logs, a progress bar, preview GIFs and a
 loss-curve PNG. A NaN/inf loss stops the run with a message naming the step.
+
+Under ``torchrun`` the same code trains data-parallel (``train.parallel``: DDP, or FSDP2 sharding);
+``train.batch_size`` is the global batch, and N processes produce the weights one process would
+(noise and times are drawn for the global batch, see :meth:`Trainer.draw_global`). Checkpoints are
+written by rank 0 in one format for every world size, so runs resume on more or fewer GPUs.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from tqdm.auto import tqdm
 
 from kinema.conditioning import Conditioning
 from kinema.config import KinemaConfig, save_config, to_yaml
-from kinema.diffusion.objective import diffusion_loss
+from kinema.diffusion.objective import diffusion_loss, sample_t
 from kinema.pipelines.build import autocast, autocast_dtype, build_model, build_schedule, resolve_device
 from kinema.train import checkpoint as ckpt_io
 from kinema.train.context import add_context, check_context_config
-from kinema.train.distributed import all_reduce_mean, is_main, print0, rank, world_size
+from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
+                                     gather_objects, is_main, local_slice, print0, rank, wrap_for_parallel, world_size)
 from kinema.train.ema import EMA
 
 
@@ -72,9 +78,14 @@ class Trainer:
 
         self.cfg = cfg
         t = cfg.train
+        if t.parallel not in PARALLEL_MODES:
+            raise ValueError(f"unknown train.parallel {t.parallel!r}; choose one of {', '.join(PARALLEL_MODES)}")
         self.device = resolve_device(t.device)
         init_from_env(self.device.type)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
         self.world = world_size()
+        self.parallel = t.parallel if self.world > 1 else "none"
         per_step = t.batch_size // (self.world * t.grad_accum)
         if per_step * self.world * t.grad_accum != t.batch_size or per_step < 1:
             raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of world_size ({self.world}) "
@@ -82,22 +93,28 @@ class Trainer:
         self.micro_batch = per_step
         self.amp = autocast_dtype(t.precision, self.device)
         self.out_dir = Path(t.out_dir).expanduser()
-        torch.manual_seed(t.seed + rank())
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.model = build_model(cfg).to(self.device)
+        if rank() > 0:
+            torch.manual_seed(t.seed + rank())  # but each rank its own dropout stream
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.schedule = build_schedule(cfg)
+        # One stream of t and noise for the global batch, identical on every rank (see draw_global).
+        self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003)
+        self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
+        self._check_channels()
+        self.step = 0
+        last = self._last_checkpoint() if resume else None
+        if last is not None:  # whole weights go in before the model is sharded
+            ckpt_io.load_model_state(self.model, ckpt_io.load_weights(last, ema=False), last)
+        self.net = self._wrap_model()
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
                                            weight_decay=t.weight_decay, fused=fused)
-        self.schedule = build_schedule(cfg)
-        self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003 + rank())
-        self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
-        self._check_channels()
-        self.step = 0
-        if resume:
-            self._resume()
-        self.net = self._wrap_model()
+        if last is not None:
+            self._resume(last)
         self.history: list[dict] = []
 
     # ---- setup helpers -----------------------------------------------------------------------------
@@ -112,34 +129,40 @@ class Trainer:
                              f"{item.shape[0]}-channel videos; set model.unet.in_channels={item.shape[0]}")
 
     def _wrap_model(self):
+        """The module the step calls: DDP / FSDP2 under torchrun (``train.parallel``), then
+        ``torch.compile`` (compiling the wrapper lets DDP split graphs at its gradient buckets).
+        ``self.model`` stays the plain module (FSDP shards it in place)."""
         net = self.model
+        if self.parallel != "none":
+            net = wrap_for_parallel(net, self.parallel, self.device, param_dtype=self.amp)
         if self.cfg.train.compile:
             net = torch.compile(net)
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DistributedDataParallel(net, device_ids=ids)
         return net
 
-    def _resume(self) -> None:
+    def _last_checkpoint(self) -> Optional[Path]:
         found = ckpt_io.list_checkpoints(self.out_dir)
         if not found:
             print0(f"no checkpoint in {self.out_dir}/ckpt; starting from scratch")
-            return
-        last = found[-1]
-        ckpt_io.load_model_state(self.model, ckpt_io.load_weights(last, ema=False), last)
+            return None
+        return found[-1]
+
+    def _resume(self, last: Path) -> None:
+        """Optimizer, EMA, step and RNG state from checkpoint ``last`` (the weights are already in).
+        Every rank reads the same files, so the world size may differ from the run that wrote them:
+        data order and noise depend only on the step and the global batch."""
         self.ema.load_state_dict(ckpt_io.load_weights(last, ema=True))
         state = ckpt_io.load_trainer_state(last)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step = int(state["step"])
-        gens = state.get("generators", [])
-        if rank() < len(gens):
-            self.generator.set_state(gens[rank()])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        print0(f"resumed from {last} at step {self.step}")
+        self.generator.set_state(state["generators"][0])
+        rngs = state.get("torch_rngs", [state["torch_rng"]])
+        if rank() < len(rngs):  # dropout streams continue where this rank left off
+            torch.set_rng_state(rngs[rank()])
+        cuda_rngs = state.get("cuda_rngs", [state["cuda_rng"]] if "cuda_rng" in state else [])
+        if self.device.type == "cuda" and rank() < len(cuda_rngs):
+            torch.cuda.set_rng_state(cuda_rngs[rank()])
+        print0(f"resumed from {last} at step {self.step} (world size {self.world}, written by "
+               f"{state.get('world_size', 1)})")
 
     def batches(self) -> Iterator[dict]:
         from kinema.data.loader import infinite_batches
@@ -150,16 +173,32 @@ class Trainer:
 
     # ---- the step ------------------------------------------------------------------------------------
 
+    def draw_global(self, draw) -> torch.Tensor:
+        """``draw(n)`` -> ``[n, ...]`` random values for the n items of the global micro-batch (all
+        ranks), made with ``self.generator``; returns this rank's rows. Every random choice per item
+        goes through here, so N processes train like one with the same global batch."""
+        return local_slice(draw(self.micro_batch * self.world), rank(), self.world)
+
+    def uniform_global(self, n: int) -> torch.Tensor:
+        """``[n]`` draws from U(0, 1) for this rank's ``n = micro_batch`` items, via :meth:`draw_global`."""
+        if n != self.micro_batch:
+            raise ValueError(f"uniform_global draws one value per item of the micro-batch ({self.micro_batch}), "
+                             f"asked for {n}")
+        return self.draw_global(lambda m: torch.rand(m, generator=self.generator, device=self.device))
+
     def loss(self, batch: dict) -> torch.Tensor:
         x, cond = batch_to_inputs(batch, self.device)
-        cond, frame_weight = add_context(x, cond, self.cfg.train.context, self.generator)  # context models
+        cond, frame_weight = add_context(x, cond, self.cfg.train.context, rand=self.uniform_global)  # context models
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         d = self.cfg.diffusion
+        t = self.draw_global(lambda n: sample_t(n, d.t_sampling, generator=self.generator, device=x.device))
+        noise = self.draw_global(lambda n: torch.randn((n, *x.shape[1:]), generator=self.generator,
+                                                       device=x.device, dtype=x.dtype))
         with autocast(self.device, self.amp):
             out = diffusion_loss(self.net, x, cond, schedule=self.schedule, parameterization=d.parameterization,
-                                 weighting=d.weighting, min_snr_gamma=d.min_snr_gamma, t_sampling=d.t_sampling,
-                                 generator=self.generator, frame_weight=frame_weight)
+                                 weighting=d.weighting, min_snr_gamma=d.min_snr_gamma, t=t, noise=noise,
+                                 frame_weight=frame_weight)
         return out.loss
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
@@ -171,7 +210,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1 or self.world == 1
-            ctx = self.net.no_sync() if (not sync and hasattr(self.net, "no_sync")) else _null()
+            ctx = _no_gradient_sync(self.net, self.model) if not sync else _null()
             with ctx:
                 loss = self.loss(batch) / len(micro_batches)
                 loss.backward()
@@ -210,13 +249,14 @@ class Trainer:
                 window_steps += 1
                 bar.update(1)
                 last = self.step == t.steps
-                over_budget = t.minutes is not None and (time.time() - start) > 60 * t.minutes
+                over_budget = self._over_budget(start)
                 if self.step % t.log_every == 0 or last or over_budget or self._due(t.ckpt_every) or self._due(t.sample_every):
-                    self._check_finite(first_bad)
+                    self._check_finite(all_reduce_max(first_bad))
                     mean_loss = all_reduce_mean(loss_sum / window_steps).item()
                     elapsed = time.time() - window_start
                     record = {"step": self.step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                              "grad_norm": float(out.grad_norm), "steps_per_s": window_steps / max(elapsed, 1e-9),
+                              "grad_norm": float(full_tensor(out.grad_norm)),
+                              "steps_per_s": window_steps / max(elapsed, 1e-9),
                               "videos_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
                               "time": time.time() - start}
                     self.history.append(record)
@@ -226,7 +266,7 @@ class Trainer:
                     window_start, window_steps = time.time(), 0
                 if self._due(t.ckpt_every) or last or over_budget:
                     self.save()
-                if t.sample_every > 0 and self._due(t.sample_every) and is_main():
+                if t.sample_every > 0 and self._due(t.sample_every):
                     self.preview(self.out_dir / "samples" / f"step-{self.step:08d}.gif")
                 if over_budget and not last:
                     print0(f"time budget of {t.minutes} min reached at step {self.step}; checkpoint saved")
@@ -243,6 +283,20 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
+    def _over_budget(self, start: float) -> bool:
+        """Past ``train.minutes``? With several ranks they must agree (or one would stop while the
+        others wait for it), so the question is settled at log steps only, where the loop
+        synchronizes anyway: the first rank to run out stops them all."""
+        t = self.cfg.train
+        if t.minutes is None:
+            return False
+        over = (time.time() - start) > 60 * t.minutes
+        if self.world == 1:
+            return over
+        if self.step % t.log_every:
+            return False
+        return bool(all_reduce_max(torch.tensor(float(over), device=self.device)).item())
+
     def _check_finite(self, first_bad: torch.Tensor) -> None:
         step = int(first_bad.item())
         if step >= 0:
@@ -253,39 +307,105 @@ class Trainer:
                 f"(values must be finite, in [-1, 1]) or use train.precision=fp32.")
 
     def save(self) -> Optional[Path]:
-        """Write a checkpoint (rank 0) with everything exact resume needs."""
-        if not is_main():
-            return None
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "generators": [self.generator.get_state()],
-            "torch_rng": torch.get_rng_state(),
-        }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
-        return ckpt_io.save_checkpoint(self.out_dir, self.step, model_state=self.model.state_dict(),
-                                       ema_state=self.ema.state_dict(), trainer_state=state,
-                                       config_yaml=to_yaml(self.cfg), meta={"model": self.cfg.model.name},
-                                       keep_last=self.cfg.train.keep_last)
+        """Write a checkpoint with everything exact resume needs. Every rank calls this (under
+        FSDP the whole weights, EMA and optimizer state are gathered from the shards); rank 0
+        writes the same single-file format whatever the world size, and returns its path."""
+        model_state = self._model_state()
+        ema_state = self.ema.state_dict(full=True)
+        optim_state = optimizer_state(self.model, self.optimizer)
+        rngs = gather_objects(torch.get_rng_state())
+        cuda_rngs = gather_objects(torch.cuda.get_rng_state()) if self.device.type == "cuda" else []
+        path = None
+        if is_main():
+            state = {"step": self.step, "optimizer": optim_state, "generators": [self.generator.get_state()],
+                     "torch_rng": rngs[0], "torch_rngs": rngs, "world_size": self.world}
+            if cuda_rngs:
+                state["cuda_rng"], state["cuda_rngs"] = cuda_rngs[0], cuda_rngs
+            path = ckpt_io.save_checkpoint(self.out_dir, self.step, model_state=model_state, ema_state=ema_state,
+                                           trainer_state=state, config_yaml=to_yaml(self.cfg),
+                                           meta={"model": self.cfg.model.name, "world_size": self.world,
+                                                 "parallel": self.parallel},
+                                           keep_last=self.cfg.train.keep_last)
+        barrier()
+        return path
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.parallel != "fsdp":
+            return self.model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def ema_model(self) -> torch.nn.Module:
-        """A copy of the model holding the EMA weights, in eval mode."""
+        """A plain (unsharded) copy of the model holding the EMA weights, in eval mode. Under FSDP
+        every rank must call it (the EMA shards are gathered)."""
+        if self.parallel == "fsdp":
+            state = self.ema.state_dict(full=True)
+            with torch.device("meta"):  # no initialization, no draw from the global RNG
+                model = build_model(self.cfg)
+            model.load_state_dict(state, assign=True)
+            return model.to(self.device).eval()
         model = copy.deepcopy(self.model)  # no re-initialization: the global RNG stays untouched
         self.ema.copy_to(model)
         return model.eval()
 
     def preview(self, path: Path, num: Optional[int] = None) -> Path:
-        """Sample a few videos with the EMA weights and write them (GIF/MP4/PNG by extension)."""
+        """Sample a few videos with the EMA weights and write them (GIF/MP4/PNG by extension).
+        Rank 0 samples and writes; the other ranks return None (under FSDP after helping to gather
+        the EMA weights)."""
         from kinema.data.io import write_video
         from kinema.pipelines.sample import sample_videos
 
+        if self.parallel != "fsdp" and not is_main():
+            return None
+        model = self.ema_model()
+        if not is_main():
+            return None
         t = self.cfg.train
-        videos = sample_videos(self.ema_model(), self.cfg, num or t.sample_num, steps=t.sample_steps,
+        videos = sample_videos(model, self.cfg, num or t.sample_num, steps=t.sample_steps,
                                seed=t.seed, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, videos, fps=self.cfg.sample.fps)
         return path
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name (``torch.distributed.checkpoint.state_dict``),
+    whole tensors on CPU: one format for one process, DDP and FSDP (gathered from the shards), so a
+    run can resume with another world size or parallel mode. A collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of :func:`optimizer_state` (every rank passes the whole state; FSDP keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _no_gradient_sync(net: torch.nn.Module, model: torch.nn.Module):
+    """Context for a gradient-accumulation micro-batch whose gradients need not be averaged yet:
+    DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``, nothing otherwise."""
+    if hasattr(net, "no_sync"):
+        return net.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _FSDPNoSync(model)
+    return _null()
+
+
+class _FSDPNoSync:
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __enter__(self):
+        self.model.set_requires_gradient_sync(False)
+        return self
+
+    def __exit__(self, *exc):
+        self.model.set_requires_gradient_sync(True)
+        return False
 
 
 class _null:
