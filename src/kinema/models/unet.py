@@ -211,7 +211,7 @@ class UNet3D(nn.Module):
             labels = getattr(cond, "class_labels", None)
             if labels is None:
                 labels = torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=emb.device)
-            elif (labels >= self.cfg.num_classes).any():
+            elif labels.device.type == "cpu" and (labels >= self.cfg.num_classes).any():  # no host sync on GPU
                 raise ValueError(f"class label {int(labels.max())} out of range for num_classes="
                                  f"{self.cfg.num_classes} (labels 0..{self.cfg.num_classes - 1}, or -1 for none)")
             labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.num_classes), labels)
