@@ -1,5 +1,6 @@
 """Shared builders for the metrics tests: random networks with non-trivial batch-norm statistics."""
 
+import functools
 import pickle
 
 import numpy as np
@@ -33,7 +34,12 @@ def write_flax_pickle(model: InceptionI3d, path) -> None:
         pickle.dump(state_dict_to_flax(model.state_dict()), f, protocol=4)
 
 
+@functools.lru_cache(maxsize=4)
+def _digits(frames: int, size: int) -> MovingDigits:
+    return MovingDigits(num_frames=frames, size=size, length=10_000, seed=0)
+
+
 def digit_clips(start: int, num: int, frames: int = 9, size: int = 32) -> np.ndarray:
     """uint8 moving-digit clips [num, F, H, W, 1] (items start..start+num of one dataset)."""
-    ds = MovingDigits(num_frames=frames, size=size, length=10_000, seed=0)
+    ds = _digits(frames, size)
     return np.stack([to_uint8(ds[i]["video"]) for i in range(start, start + num)])

@@ -27,6 +27,7 @@ def test_random_inception_save_and_load_back(tmp_path, net):
     assert ref.shape == (2, 2048) and (ref >= 0).all() and not torch.allclose(ref[0], ref[1])
 
 
+@pytest.mark.slow
 def test_full_size_299_batch_1(net):
     with torch.inference_mode():
         y = net(torch.zeros(1, 3, 299, 299))
