@@ -151,11 +151,9 @@ class Trainer:
             raise ValueError(f"model.text.encoder={self.cfg.model.text.encoder} needs captions, but the "
                              f"'{d.dataset}' items have keys {sorted(item)}")
 
-    def inputs(self, batch: dict, model: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, Conditioning]:
-        """``batch_to_inputs`` with this run's text encoder (that of ``model``, default the trained
-        one) and class key."""
-        model = self.model if model is None else model
-        encode = model.encode_text if isinstance(model, TextConditioned) else None
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, Conditioning]:
+        """``batch_to_inputs`` with this run's text encoder (the trained one) and class key."""
+        encode = self.model.encode_text if isinstance(self.model, TextConditioned) else None
         return batch_to_inputs(batch, self.device, encode_text=encode, class_key=self.cfg.data.class_key)
 
     def _wrap_model(self):
