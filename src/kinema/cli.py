@@ -40,13 +40,20 @@ def _print0(msg: str) -> None:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
     from kinema.pipelines.build import load_from_checkpoint
-    from kinema.pipelines.sample import sample_videos
+    from kinema.pipelines.sample import make_conditioning, sample_videos
 
+    if (args.guidance is not None or args.guidance_low is not None) and not (args.prompt or args.class_labels):
+        raise ValueError("--guidance / --guidance-low need a --prompt or --class to guide towards")
     model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
+    cond = make_conditioning(model, args.num, prompts=args.prompt, class_labels=args.class_labels)
+    low = "config" if args.guidance_low is None else args.guidance_low
     videos = sample_videos(model, cfg, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                           seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size)
+                           seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size,
+                           cond=cond, guidance=args.guidance, guidance_low=low)
     out = write_video(args.out, videos, fps=args.fps or cfg.sample.fps)
-    print(f"wrote {args.num} samples of {tuple(videos.shape[1:])} from {ckpt} to {out}")
+    what = "".join(f" for {name} {vals}" for name, vals in (("prompts", args.prompt), ("classes", args.class_labels))
+                   if vals)
+    print(f"wrote {args.num} samples of {tuple(videos.shape[1:])}{what} from {ckpt} to {out}")
     return 0
 
 
@@ -194,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: as trained)")
     p.add_argument("--size", type=int, default=None, help="height = width (default: as trained)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text prompt (text-conditional models); repeat for several, cycled over the samples")
+    p.add_argument("--class", dest="class_labels", type=int, action="append", default=None, metavar="K",
+                   help="class label (class-conditional models); repeat for several, cycled over the samples")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight w (default: sample.guidance; 0 = no guidance)")
+    p.add_argument("--guidance-low", type=float, default=None, metavar="W",
+                   help="Imagen Video's oscillating guidance: alternate between --guidance and this weight "
+                        "after the first sample.guidance_constant of the steps")
     p.add_argument("--out", default="samples.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_sample)

@@ -35,6 +35,8 @@ NULL_LABEL = -1  # class label meaning "no class" (classifier-free guidance's un
 # Fields that classifier-free guidance drops. Structural / always-given inputs (frame_segments, lowres
 # and its noise level, fps, guidance_weight) are never dropped.
 DROPPABLE = ("text", "class_labels", "context")
+# What text / class classifier-free guidance (and its training-time dropout) drops: the labels, not context.
+LABEL_FIELDS = ("text", "class_labels")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from kinema.models.text import TextConfig
 from kinema.models.unet import UNetConfig
 
 
@@ -47,6 +48,7 @@ class DiffusionConfig:
 class ModelConfig:
     name: str = "unet3d"
     unet: UNetConfig = field(default_factory=UNetConfig)
+    text: TextConfig = field(default_factory=TextConfig)  # text encoder feeding model.unet.text_dim
 
 
 @dataclass
@@ -61,6 +63,7 @@ class DataConfig:
     image_fraction: float = 0.0  # joint image-video training: share of each item's frames that are images
     image_path: Optional[str] = None  # folder of images for joint training (default: frames of other clips)
     length: int = 100000  # items per epoch for the synthetic datasets
+    class_key: Optional[str] = None  # item key with an integer class id (e.g. color_id) -> class_labels
     num_workers: int = 0
     seed: int = 0
 
@@ -92,6 +95,7 @@ class TrainConfig:
     lr_min_ratio: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    cond_dropout: float = 0.1  # classifier-free guidance: share of items trained without text / class
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -118,6 +122,9 @@ class SampleConfig:
     spacing: str = "t"  # t | logsnr
     thresholding: Optional[str] = "static"  # None | static | dynamic
     use_ema: bool = True
+    guidance: float = 0.0  # classifier-free guidance weight w (0: plain conditional sampling)
+    guidance_low: Optional[float] = None  # set: Imagen Video's oscillating guidance between guidance and this
+    guidance_constant: float = 0.5  # oscillating guidance: share of the steps held at `guidance` first
     fps: int = 8
 
 

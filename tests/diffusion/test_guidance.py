@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from kinema.conditioning import Conditioning
@@ -49,3 +50,36 @@ def test_per_example_weights():
     u = Prediction(torch.zeros(2, 3), torch.zeros(2, 3))
     out = guide(c, u, torch.tensor([0.0, 1.0]))
     assert out.x[:, 0].tolist() == [1.0, 2.0]
+
+
+def test_oscillating_weights_hold_then_alternate():
+    from kinema.diffusion.guidance import oscillating_guidance_weights
+
+    assert oscillating_guidance_weights(8, 15.0, 1.0, 0.25) == [15, 15, 1, 15, 1, 15, 1, 15]
+    assert oscillating_guidance_weights(3, 4.0, 0.0, 1.0) == [4.0] * 3
+    assert oscillating_guidance_weights(4, 4.0, 0.0, 0.0) == [0.0, 4.0, 0.0, 4.0]
+    with pytest.raises(ValueError, match="constant_fraction"):
+        oscillating_guidance_weights(4, 4.0, 0.0, 1.5)
+
+
+def test_step_weights_reach_the_denoiser_at_their_step():
+    """A per-step weight schedule, looked up from the noise level (no step counter), gives each
+    sampler step exactly its own weight: a sampler run equals one with that weight at that step."""
+    from kinema.diffusion.guidance import weight_by_logsnr
+    from kinema.diffusion.samplers import sample_ddim
+    from kinema.diffusion.schedule import Schedule, sampling_grid
+
+    grid = sampling_grid(Schedule("cosine"), 6)
+    weights = [3.0, 0.0, 2.0, 0.5, 1.0, 4.0]
+    w = weight_by_logsnr(grid, weights)
+    assert w(grid[:6].float()).tolist() == weights
+    seen = []
+    den = Denoiser(_net([]), "eps")
+    cond = Conditioning(class_labels=torch.tensor([1, 2]))
+    uncond = Conditioning(class_labels=torch.tensor([0, 0]))
+    guided = guided_denoiser(den, cond, uncond, lambda l: seen.append(w(l)) or w(l))
+    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    sample_ddim(guided, z, grid)
+    assert [s.tolist() for s in seen] == [[x, x] for x in weights]
+    with pytest.raises(ValueError, match="guidance weights"):
+        weight_by_logsnr(grid, weights[:3])

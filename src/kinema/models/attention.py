@@ -87,10 +87,10 @@ def _stride0_bias(bias: Tensor, batch: int, positions: int, dtype: torch.dtype) 
 # ---- attention layers ---------------------------------------------------------------------------
 
 
-class _SelfAttention(ResidualBranch):
-    """Pre-norm multi-head self-attention, ``x + out(attn(GN(x)))``; ``out`` (the output
-    projection) is zero-initialized by :func:`~kinema.models.blocks.zero_init_residual_outputs`.
-    ``heads = max(1, channels // head_dim)``."""
+class _Attention(ResidualBranch):
+    """Pre-norm multi-head attention branch: ``heads = max(1, channels // head_dim)`` and the
+    per-frame GroupNorm ``norm`` of the queries' input; subclasses add the projections and ``out``
+    (zero-initialized by :func:`~kinema.models.blocks.zero_init_residual_outputs`)."""
 
     def __init__(self, channels: int, head_dim: int = 32, norm_groups: int = 32) -> None:
         super().__init__()
@@ -99,6 +99,13 @@ class _SelfAttention(ResidualBranch):
             raise ValueError(f"attention over {channels} channels cannot be split into {self.heads} heads "
                              f"(head_dim={head_dim}); choose channels divisible by channels // head_dim")
         self.norm = group_norm(channels, norm_groups)
+
+
+class _SelfAttention(_Attention):
+    """Pre-norm multi-head self-attention, ``x + out(attn(GN(x)))``."""
+
+    def __init__(self, channels: int, head_dim: int = 32, norm_groups: int = 32) -> None:
+        super().__init__(channels, head_dim, norm_groups)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
 
@@ -137,3 +144,45 @@ class TemporalAttention(_SelfAttention):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [(B heads), HW, F, d]
         o = self.out(rearrange(o, "(b heads) l f d -> b l f (heads d)", b=b))  # [B, HW, F, C]
         return x + rearrange(o, "b (h w) f c -> b c f h w", h=h)
+
+
+class TextCrossAttention(_Attention):
+    """Cross-attention from video positions to text tokens, ``x + out(attn(q = GN(x), k, v = text))``
+    (Imagen, Saharia et al. 2022, section 2.1 and appendix; Imagen Video, Ho et al. 2022, section 2:
+    the U-Net attends to the frozen text encoder's token embeddings).
+
+    Every position of every frame is a query (``'b c f h w -> b (f h w) c'``: queries are independent,
+    so frames do not mix here); keys / values are a learned *null token* followed by the text tokens
+    ``cond.text_emb [B, L, text_dim]`` where ``cond.text_mask [B, L]`` is True. The null token is
+    always attended, so a fully masked text (the unconditional input of classifier-free guidance, see
+    :func:`kinema.conditioning.drop_conditioning`) or no text at all is well defined and never NaN:
+    it gives exactly the null token's value everywhere. ``x [B, C, F, H, W]``.
+    """
+
+    def __init__(self, channels: int, text_dim: int, head_dim: int = 32, norm_groups: int = 32) -> None:
+        super().__init__(channels, head_dim, norm_groups)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(text_dim, 2 * channels)
+        self.null_kv = nn.Parameter(torch.randn(2, channels) * channels ** -0.5)  # the null token's k, v
+        self.out = nn.Linear(channels, channels)
+
+    def forward(self, x: Tensor, cond=None) -> Tensor:
+        b, c, f, h, w = x.shape
+        q = rearrange(self.q(rearrange(self.norm(x), "b c f h w -> b (f h w) c")), "b n (heads d) -> b heads n d",
+                      heads=self.heads)  # [B, heads, F*H*W, d]
+        null = self.null_kv.to(q.dtype)[:, None, None, :].expand(2, b, 1, c)  # [2, B, 1, C]
+        text = getattr(cond, "text_emb", None)
+        mask = None
+        if text is None:
+            k, v = null[0], null[1]  # only the null token: [B, 1, C]
+        else:
+            kv = self.kv(text.to(q.dtype)).unflatten(-1, (2, c)).movedim(2, 0)  # [2, B, L, C]
+            k, v = torch.cat([null, kv], dim=2).unbind(0)  # each [B, 1 + L, C]
+            text_mask = getattr(cond, "text_mask", None)
+            if text_mask is not None:
+                always = torch.ones(b, 1, dtype=torch.bool, device=x.device)
+                mask = torch.cat([always, text_mask.to(x.device, torch.bool)], dim=1)[:, None, None, :]  # [B,1,1,1+L]
+        k, v = (rearrange(t, "b l (heads d) -> b heads l d", heads=self.heads) for t in (k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, F*H*W, d]
+        o = self.out(rearrange(o, "b heads n d -> b n (heads d)"))
+        return x + rearrange(o, "b (f h w) c -> b c f h w", f=f, h=h)

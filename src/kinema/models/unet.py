@@ -3,7 +3,8 @@
 A 2D image U-Net made a video model by factorizing over space and time: every convolution is
 space-only (1x3x3), each spatial attention block is followed by a temporal attention block over
 frames (with a relative position bias), down/upsampling act on H and W only, and the noise level
-(log-SNR) and an optional class label modulate every residual block (FiLM). Frames interact only in
+(log-SNR) and an optional class label modulate every residual block (FiLM); text conditions it by
+cross-attention plus a pooled embedding (see :class:`UNet3D`). Frames interact only in
 temporal layers, and those obey ``Conditioning.frame_segments``, so one batch can mix video clips
 and independent images (joint image-video training, VDM section 3). With
 ``temporal_attention=False`` temporal convolutions replace temporal attention (Imagen Video's
@@ -16,6 +17,7 @@ parameterization the trainer chose; the model never sees the schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import dataclasses
 from typing import Optional
 
 import torch
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from kinema.models.attention import SpatialAttention, TemporalAttention
+from kinema.models.attention import SpatialAttention, TemporalAttention, TextCrossAttention
 from kinema.models.blocks import (Downsample, NoiseLevelEmbedding, ResBlock, TemporalConv, Upsample, group_norm,
                                   space_conv, zero_init_residual_outputs)
 
@@ -45,6 +47,7 @@ class UNetConfig:
     rel_pos_buckets: int = 32
     num_classes: int = 0  # > 0: class-conditional; a negative label (NULL_LABEL) or none is the null label
     extra_in_channels: int = 0  # channels from cond (lowres / context) concatenated to z before conv_in
+    text_dim: int = 0  # > 0: text-conditional on cond.text_emb [B, L, text_dim] (cross-attention + pooled)
     gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
     norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
 
@@ -54,7 +57,7 @@ class UNetConfig:
         for name in ("in_channels", "dim", "num_res_blocks", "head_dim", "norm_groups", "rel_pos_max_distance"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("extra_in_channels", "num_classes"):
+        for name in ("extra_in_channels", "num_classes", "text_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"UNetConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.out_channels is not None and self.out_channels < 1:
@@ -114,8 +117,25 @@ class UNet3D(nn.Module):
     ``forward(z [B, in_channels, F, H, W], logsnr [B], cond: Conditioning | None)
     -> [B, out_channels, F, H, W]``; H and W divisible by ``2 ** (len(dim_mults) - 1)``; any F >= 1.
     Reads ``cond.class_labels`` (if ``num_classes > 0``; missing = the null label),
+    ``cond.text_emb`` + ``cond.text_mask`` (if ``text_dim > 0``; missing = the null text),
     ``cond.frame_segments`` (temporal masking) and, if ``extra_in_channels > 0``, ``cond.lowres``
     and/or ``cond.context`` (+ ``context_mask``), see :meth:`extra_inputs`.
+
+    Text conditioning (``text_dim > 0``) takes two routes, both as in Imagen (Saharia et al. 2022,
+    section 2.1 and appendix), whose U-Net Imagen Video reuses:
+
+    - cross-attention (:class:`~kinema.models.attention.TextCrossAttention`) after every spatial
+      attention layer and in the middle block: each position reads the token embeddings, so words
+      can act where they apply (a colour on the shape, a direction on its motion). It costs one
+      attention over ``1 + L`` keys per attention layer, small next to spatial attention;
+    - the masked mean of the tokens, projected and added to the noise embedding (FiLM in every
+      ResBlock): a cheap global summary that reaches every block, including those without attention,
+      which the tiny CPU-sized models learn from quickly.
+
+    Cross-attention alone would be the faithful Imagen Video choice and pooled alone the cheapest;
+    both together cost little and keep token-level detail. Text embeddings are LayerNorm'ed once
+    (T5 outputs have large norms). The null text (all-False mask, or no text) is well defined: the
+    cross-attention always attends a learned null token and the pooled mean of no tokens is 0.
     """
 
     def __init__(self, cfg: UNetConfig) -> None:
@@ -124,6 +144,9 @@ class UNet3D(nn.Module):
         dim, emb_dim = cfg.dim, 4 * cfg.dim
         self.noise_embedding = NoiseLevelEmbedding(dim, emb_dim)
         self.class_embedding = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
+        if cfg.text_dim > 0:
+            self.text_norm = nn.LayerNorm(cfg.text_dim)
+            self.text_pool = nn.Linear(cfg.text_dim, emb_dim)
         self.conv_in = space_conv(cfg.in_channels + cfg.extra_in_channels, dim)
 
         levels = len(cfg.dim_mults)
@@ -164,6 +187,8 @@ class UNet3D(nn.Module):
         cfg = self.cfg
         attend = level in cfg.attn_levels if attention is None else attention
         layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
+        if attend and cfg.text_dim > 0:
+            layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
         if cfg.temporal_attention and attend:
             layers.append(TemporalAttention(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
                                             cfg.rel_pos_max_distance))
@@ -203,9 +228,18 @@ class UNet3D(nn.Module):
         if segments is not None and tuple(segments.shape) != (z.shape[0], z.shape[2]):
             raise ValueError(f"cond.frame_segments must have shape [B, F] = {[z.shape[0], z.shape[2]]}, "
                              f"got {tuple(segments.shape)}")
+        text, mask = getattr(cond, "text_emb", None), getattr(cond, "text_mask", None)
+        if text is not None and cfg.text_dim == 0:
+            raise ValueError("cond.text_emb was given but this UNet3D is not text-conditional (model.unet.text_dim=0)")
+        if text is not None and (text.ndim != 3 or text.shape[0] != z.shape[0] or text.shape[2] != cfg.text_dim):
+            raise ValueError(f"cond.text_emb must have shape [B, L, text_dim] = [{z.shape[0]}, L, {cfg.text_dim}], "
+                             f"got {tuple(text.shape)}")
+        if text is not None and mask is not None and tuple(mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"cond.text_mask must have shape [B, L] = {list(text.shape[:2])}, got {tuple(mask.shape)}")
 
     def embedding(self, logsnr: Tensor, cond, batch: int) -> Tensor:
-        """Noise-level embedding plus the class embedding (null label when none given): ``[B, 4 dim]``."""
+        """Noise-level embedding plus the class embedding (null label when none given) plus the pooled
+        text embedding (the null text when none given): ``[B, 4 dim]``."""
         emb = self.noise_embedding(logsnr.expand(batch))
         if self.class_embedding is not None:
             labels = getattr(cond, "class_labels", None)
@@ -216,7 +250,18 @@ class UNet3D(nn.Module):
                                  f"{self.cfg.num_classes} (labels 0..{self.cfg.num_classes - 1}, or -1 for none)")
             labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.num_classes), labels)
             emb = emb + self.class_embedding(labels)
+        if self.cfg.text_dim > 0:  # cond.text_emb is already LayerNorm'ed (forward); no text = the null text
+            text = getattr(cond, "text_emb", None)
+            pooled = (emb.new_zeros(batch, self.cfg.text_dim) if text is None
+                      else pooled_text(text, getattr(cond, "text_mask", None)))
+            emb = emb + self.text_pool(pooled)
         return emb
+
+    def _normalized_text(self, cond):
+        """``cond`` with ``text_emb`` LayerNorm'ed (a copy; ``cond`` itself is not modified)."""
+        if self.cfg.text_dim == 0 or getattr(cond, "text_emb", None) is None:
+            return cond
+        return dataclasses.replace(cond, text_emb=self.text_norm(cond.text_emb))
 
     def extra_inputs(self, z: Tensor, cond) -> Optional[Tensor]:
         """The ``extra_in_channels`` channels concatenated to z, from ``cond`` (in this order):
@@ -255,6 +300,7 @@ class UNet3D(nn.Module):
 
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         self._check(z, logsnr, cond)
+        cond = self._normalized_text(cond)
         emb = self.embedding(logsnr, cond, z.shape[0])  # [B, 4 dim]
         extra = self.extra_inputs(z, cond)
         h = self.conv_in(z if extra is None else torch.cat([z, extra], dim=1))  # [B, dim, F, H, W]
@@ -274,4 +320,13 @@ class UNet3D(nn.Module):
         return block(h, emb, cond)
 
 
-__all__ = ["UNet3D", "UNetBlock", "UNetConfig"]
+def pooled_text(text_emb: Tensor, text_mask: Optional[Tensor]) -> Tensor:
+    """Mean of the real tokens: ``text_emb [B, L, D]``, ``text_mask [B, L]`` -> ``[B, D]``; 0 for an
+    all-False mask (the null text), never NaN."""
+    if text_mask is None:
+        return text_emb.mean(dim=1)
+    m = text_mask.to(text_emb.dtype)[..., None]  # [B, L, 1]
+    return (text_emb * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+__all__ = ["UNet3D", "UNetBlock", "UNetConfig", "pooled_text"]

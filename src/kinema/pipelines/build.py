@@ -13,11 +13,25 @@ from torch import nn
 from kinema.config import KinemaConfig, config_from_yaml
 from kinema.diffusion.schedule import Schedule, resolution_shift
 from kinema.models import build_model as _build_backbone
+from kinema.models.text import TextConditioned, build_text_encoder
 
 
 def build_model(cfg: KinemaConfig) -> nn.Module:
-    """The backbone named by ``cfg.model.name`` with its section of the config."""
-    return _build_backbone(cfg.model.name, cfg.model.unet)
+    """The backbone named by ``cfg.model.name`` with its section of the config; with a text encoder
+    (``model.text.encoder`` builtin / transformers) the backbone and encoder together as a
+    :class:`~kinema.models.text.TextConditioned` (same ``net(z_t, logsnr, cond)`` contract)."""
+    net = _build_backbone(cfg.model.name, cfg.model.unet)
+    encoder = build_text_encoder(cfg.model.text)
+    text_dim = cfg.model.unet.text_dim
+    if encoder is None:
+        if text_dim > 0:
+            raise ValueError(f"model.unet.text_dim={text_dim} but model.text.encoder=none; choose "
+                             f"model.text.encoder=builtin or transformers (or set model.unet.text_dim=0)")
+        return net
+    if encoder.dim != text_dim:
+        raise ValueError(f"model.unet.text_dim={text_dim} but the {cfg.model.text.encoder} text encoder gives "
+                         f"{encoder.dim}-dim embeddings; set model.unet.text_dim={encoder.dim}")
+    return TextConditioned(net, encoder)
 
 
 def build_schedule(cfg: KinemaConfig) -> Schedule:

@@ -1,19 +1,22 @@
-"""Unconditional / conditional video sampling from a trained backbone."""
+"""Unconditional / conditional video sampling from a trained backbone, with classifier-free guidance
+over text and class labels (constant weight, or Imagen Video's oscillating guidance)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kinema.conditioning import Conditioning, with_context
+from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context
 from kinema.config import KinemaConfig
+from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guidance_weights, weight_by_logsnr
 from kinema.diffusion.objective import Denoiser
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
+from kinema.models.text import TextConditioned
 from kinema.pipelines.build import autocast, autocast_dtype, build_schedule
 
 
@@ -66,6 +69,48 @@ def complete_context(cfg: KinemaConfig, cond: Optional[Conditioning], z: torch.T
                                                                   device=z.device))
 
 
+def _cycle(values: Sequence, num: int) -> list:
+    return [values[i % len(values)] for i in range(num)]
+
+
+@torch.no_grad()
+def make_conditioning(model: nn.Module, num: int, *, prompts: Optional[Sequence[str]] = None,
+                      class_labels: Optional[Sequence[int]] = None) -> Optional[Conditioning]:
+    """Conditioning for ``num`` samples: prompts and / or class labels, each list cycled over the
+    samples (sample i gets ``prompts[i % len(prompts)]``). Text embeddings come from the model's own
+    text encoder (:class:`~kinema.models.text.TextConditioned`). None when neither is given."""
+    if not prompts and not class_labels:
+        return None
+    device = next(model.parameters()).device
+    cond = Conditioning()
+    if prompts:
+        if not isinstance(model, TextConditioned):
+            raise ValueError("this model is not text-conditional (model.text.encoder=none); --prompt needs a model "
+                             "trained with a text encoder")
+        cond.text_emb, cond.text_mask = model.encode_text(_cycle(list(prompts), num))
+    if class_labels:
+        classes = model.cfg.num_classes
+        bad = [k for k in class_labels if not 0 <= int(k) < classes]
+        if classes < 1 or bad:
+            raise ValueError(f"class label {bad[0] if bad else class_labels[0]} is not valid for this model "
+                             f"(model.unet.num_classes={classes})")
+        cond.class_labels = torch.tensor(_cycle([int(k) for k in class_labels], num), dtype=torch.long, device=device)
+    return cond
+
+
+def guidance_weight(cfg: KinemaConfig, grid: torch.Tensor, guidance: Optional[float] = None,
+                    guidance_low: Optional[float] | str = "config") -> Weight:
+    """The guidance weight to sample with: ``guidance`` (default ``cfg.sample.guidance``), or with
+    ``guidance_low`` set (default ``cfg.sample.guidance_low``) Imagen Video's oscillating weights
+    over the steps of ``grid`` as a function of the noise level."""
+    s = cfg.sample
+    w = s.guidance if guidance is None else guidance
+    low = s.guidance_low if guidance_low == "config" else guidance_low
+    if low is None:
+        return float(w)
+    return weight_by_logsnr(grid, oscillating_guidance_weights(len(grid) - 1, w, low, s.guidance_constant))
+
+
 @torch.inference_mode()
 def sample_videos(
     model: nn.Module,
@@ -82,6 +127,8 @@ def sample_videos(
     size: Optional[int] = None,
     batch_size: int = 16,
     cond: Optional[Conditioning] = None,
+    guidance: Optional[float] = None,
+    guidance_low: Optional[float] | str = "config",
     precision: str = "auto",
     progress: bool = True,
 ) -> torch.Tensor:
@@ -89,6 +136,12 @@ def sample_videos(
 
     Sampler settings default to ``cfg.sample``. Sampling runs in batches of ``batch_size`` under
     ``torch.inference_mode`` and bf16 autocast on CUDA. Reproducible given ``seed``.
+
+    ``cond`` (``[num, ...]`` fields, e.g. from :func:`make_conditioning`) conditions the samples. When
+    it holds text or class labels, classifier-free guidance applies with the weight of
+    :func:`guidance_weight` (``guidance`` / ``guidance_low``, defaults from ``cfg.sample``): one
+    batched forward of 2B per step against the same conditioning with text and labels dropped.
+    Weight 0 is plain conditional sampling.
     """
     run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
                                       thresholding=thresholding)
@@ -97,6 +150,8 @@ def sample_videos(
     denoiser = Denoiser(model, cfg.diffusion.parameterization)
     generator = torch.Generator(device).manual_seed(seed)
     shape = video_shape(cfg, frames, size)
+    weight = guidance_weight(cfg, run.grid, guidance, guidance_low)
+    labelled = cond is not None and (cond.text_emb is not None or cond.class_labels is not None)
     outputs = []
     bar = tqdm(total=run.steps * ((num + batch_size - 1) // batch_size), desc="sampling", disable=not progress,
                unit="step", leave=False)
@@ -106,10 +161,14 @@ def sample_videos(
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
         c = complete_context(cfg, c, z)
 
-        def denoise(z_, logsnr):
+        def net(z_, logsnr, c_):
             with autocast(device, amp):
-                return denoiser(z_, logsnr, c)
+                return denoiser(z_, logsnr, c_)
 
+        if labelled:
+            denoise = guided_denoiser(net, c, drop_conditioning(c, fields=LABEL_FIELDS), weight)
+        else:
+            denoise = lambda z_, logsnr: net(z_, logsnr, c)  # noqa: E731
         video = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1))
         outputs.append(video.float().clamp(-1, 1).cpu())
     bar.close()

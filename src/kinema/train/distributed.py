@@ -121,6 +121,9 @@ def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     for child in model.children():
         if isinstance(child, torch.nn.ModuleList):
             units.extend(child)
+    if not units:  # a wrapper around a backbone (e.g. TextConditioned): the backbone's units
+        for child in model.children():
+            units.extend(shard_units(child))
     return units
 
 

@@ -19,14 +19,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from kinema.conditioning import Conditioning
+from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
 from kinema.config import KinemaConfig, save_config, to_yaml
 from kinema.diffusion.objective import diffusion_loss, sample_t
+from kinema.models.text import TextConditioned
 from kinema.pipelines.build import autocast, autocast_dtype, build_model, build_schedule, resolve_device
 from kinema.train import checkpoint as ckpt_io
 from kinema.train.context import add_context, check_context_config
@@ -55,12 +56,42 @@ def lr_factor(step: int, warmup_steps: int, schedule: str = "constant", total_st
     raise ValueError(f"unknown train.lr_schedule {schedule!r}; choose constant or cosine")
 
 
-def batch_to_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, Conditioning]:
-    """Video ``[B, C, F, H, W]`` and its Conditioning from a collated data batch."""
+def batch_to_inputs(batch: dict, device: torch.device, *, encode_text: Optional[Callable] = None,
+                    class_key: Optional[str] = None) -> tuple[torch.Tensor, Conditioning]:
+    """Video ``[B, C, F, H, W]`` and its Conditioning from a collated data batch: frame segments;
+    with ``encode_text`` (captions -> ``(text_emb, text_mask)``) the embeddings of ``batch["caption"]``;
+    with ``class_key`` the class labels ``batch[class_key]`` ``[B]``."""
     x = batch["video"].to(device, non_blocking=True)
     segments = batch.get("frame_segments")
     cond = Conditioning(frame_segments=segments.to(device) if segments is not None else None)
+    if encode_text is not None:
+        if "caption" not in batch:
+            raise ValueError(f"a text-conditional model needs captions, but the data items have keys {sorted(batch)}")
+        cond.text_emb, cond.text_mask = encode_text(batch["caption"])
+    if class_key is not None:
+        labels = batch.get(class_key)
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or labels.ndim != 1:
+            raise ValueError(f"data.class_key={class_key!r} must name an integer id per item; the batch has "
+                             f"{type(labels).__name__ if not isinstance(labels, torch.Tensor) else tuple(labels.shape)}"
+                             f" (item keys: {sorted(batch)})")
+        cond.class_labels = labels.to(device)
     return x, cond
+
+
+def drop_for_guidance(cond: Conditioning, rate: float, generator: Optional[torch.Generator] = None, *,
+                      rand: Optional[Callable[[int], torch.Tensor]] = None) -> Conditioning:
+    """Conditioning dropout for classifier-free guidance (Ho & Salimans 2021, Algorithm 1): each
+    item's text and class label are nulled with probability ``rate`` (by
+    :func:`kinema.conditioning.drop_conditioning`). Draws no random numbers for label-free batches.
+    ``rand(n) -> [n]`` U(0, 1) draws replace ``torch.rand(n, generator=generator)`` (the trainer
+    passes its rank-aware global draws)."""
+    if rate <= 0 or (cond.text_mask is None and cond.class_labels is None):
+        return cond
+    labels = cond.text_mask if cond.text_mask is not None else cond.class_labels
+    batch = labels.shape[0]
+    u = rand(batch) if rand is not None else torch.rand(batch, generator=generator, device=generator.device)
+    drop = u.to(labels.device) < rate
+    return drop_conditioning(cond, drop, fields=LABEL_FIELDS)
 
 
 @dataclass
@@ -104,6 +135,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003)
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
         self._check_channels()
+        self._check_conditioning()
         self.step = 0
         last = self._last_checkpoint() if resume else None
         if last is not None:  # whole weights go in before the model is sharded
@@ -127,6 +159,30 @@ class Trainer:
         if item.shape[0] != want:
             raise ValueError(f"model.unet.in_channels={want} but dataset '{self.cfg.data.dataset}' yields "
                              f"{item.shape[0]}-channel videos; set model.unet.in_channels={item.shape[0]}")
+
+    def _check_conditioning(self) -> None:
+        d, u, t = self.cfg.data, self.cfg.model.unet, self.cfg.train
+        if not 0.0 <= t.cond_dropout < 1.0:
+            raise ValueError(f"train.cond_dropout must be in [0, 1), got {t.cond_dropout}")
+        item = self.dataset[0]
+        if d.class_key is not None:
+            if u.num_classes < 1:
+                raise ValueError(f"data.class_key={d.class_key!r} needs a class-conditional model: set "
+                                 f"model.unet.num_classes to the number of classes")
+            if d.class_key not in item:
+                raise ValueError(f"data.class_key={d.class_key!r} is not a key of the '{d.dataset}' items "
+                                 f"(keys: {sorted(item)})")
+        if self.parallel == "fsdp" and isinstance(self.model, TextConditioned) and "text_encoder" in self.model._modules:
+            raise ValueError("train.parallel=fsdp does not support the trainable built-in text encoder yet (it runs "
+                             "outside the sharded forward); use train.parallel=ddp or a frozen model.text.encoder")
+        if isinstance(self.model, TextConditioned) and "caption" not in item:
+            raise ValueError(f"model.text.encoder={self.cfg.model.text.encoder} needs captions, but the "
+                             f"'{d.dataset}' items have keys {sorted(item)}")
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, Conditioning]:
+        """``batch_to_inputs`` with this run's text encoder (the trained one) and class key."""
+        encode = self.model.encode_text if isinstance(self.model, TextConditioned) else None
+        return batch_to_inputs(batch, self.device, encode_text=encode, class_key=self.cfg.data.class_key)
 
     def _wrap_model(self):
         """The module the step calls: DDP / FSDP2 under torchrun (``train.parallel``), then
@@ -187,11 +243,13 @@ class Trainer:
         return self.draw_global(lambda m: torch.rand(m, generator=self.generator, device=self.device))
 
     def loss(self, batch: dict) -> torch.Tensor:
-        x, cond = batch_to_inputs(batch, self.device)
+        d = self.cfg.diffusion
+        with autocast(self.device, self.amp):
+            x, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
+        cond = drop_for_guidance(cond, self.cfg.train.cond_dropout, rand=self.uniform_global)
         cond, frame_weight = add_context(x, cond, self.cfg.train.context, rand=self.uniform_global)  # context models
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        d = self.cfg.diffusion
         t = self.draw_global(lambda n: sample_t(n, d.t_sampling, generator=self.generator, device=x.device))
         noise = self.draw_global(lambda n: torch.randn((n, *x.shape[1:]), generator=self.generator,
                                                        device=x.device, dtype=x.dtype))
@@ -358,12 +416,18 @@ class Trainer:
 
         if self.parallel != "fsdp" and not is_main():
             return None
+        t, d = self.cfg.train, self.cfg.data
+        num = num or t.sample_num
         model = self.ema_model()
         if not is_main():
             return None
-        t = self.cfg.train
-        videos = sample_videos(model, self.cfg, num or t.sample_num, steps=t.sample_steps,
-                               seed=t.seed, progress=False)
+        from kinema.pipelines.sample import make_conditioning
+
+        items = [self.dataset[i % len(self.dataset)] for i in range(num)]  # preview the first items' labels
+        prompts = [it["caption"] for it in items] if isinstance(model, TextConditioned) else None
+        labels = [int(it[d.class_key]) for it in items] if d.class_key else None
+        cond = make_conditioning(model, num, prompts=prompts, class_labels=labels)
+        videos = sample_videos(model, self.cfg, num, steps=t.sample_steps, seed=t.seed, cond=cond, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, videos, fps=self.cfg.sample.fps)
         return path

@@ -1,0 +1,81 @@
+"""Text conditioning of the U-Net: masks really block information, the null text is finite and equals
+"no text", drop_conditioning gives it, and shape errors name the offending tensor."""
+
+import pytest
+import torch
+
+from kinema.conditioning import Conditioning, drop_conditioning
+from kinema.models import UNet3D
+from kinema.models.attention import TextCrossAttention
+
+from models.test_unet import randomize, tiny_cfg
+
+
+def _model():
+    return randomize(UNet3D(tiny_cfg(text_dim=6, attn_levels=(1,))), seed=1)
+
+
+def _text(mask_rows):
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor(mask_rows, dtype=torch.bool)
+    return Conditioning(text_emb=torch.randn(*mask.shape, 6, generator=g), text_mask=mask)
+
+
+def test_masked_tokens_do_not_reach_the_output_and_real_tokens_do():
+    model = _model()
+    z, logsnr = torch.randn(2, 3, 3, 8, 8), torch.zeros(2)
+    cond = _text([[True, True, False, False], [True, False, False, False]])
+    base = model(z, logsnr, cond)
+    masked = Conditioning(text_emb=cond.text_emb.clone(), text_mask=cond.text_mask)
+    masked.text_emb[:, 2:] = torch.randn(2, 2, 6) * 5  # only padded positions change
+    torch.testing.assert_close(model(z, logsnr, masked), base)
+    real = Conditioning(text_emb=cond.text_emb.clone(), text_mask=cond.text_mask)
+    real.text_emb[0, 1] = torch.randn(6)  # a real token of item 0 changes
+    out = model(z, logsnr, real)
+    assert (out[0] - base[0]).abs().max() > 1e-4
+    torch.testing.assert_close(out[1], base[1]), "items do not see each other's text"
+
+
+def test_null_text_is_finite_and_equals_no_text():
+    model = _model()
+    z, logsnr = torch.randn(2, 3, 3, 8, 8), torch.tensor([-5.0, 5.0])
+    null = drop_conditioning(_text([[True, True, True], [True, False, False]]))
+    assert not null.text_mask.any()
+    out = model(z, logsnr, null)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, model(z, logsnr, None))
+    torch.testing.assert_close(out, model(z, logsnr, Conditioning()))
+
+
+def test_text_changes_the_output_and_gradients_reach_it():
+    model = _model()
+    z, logsnr = torch.randn(1, 3, 2, 8, 8), torch.zeros(1)
+    cond = _text([[True, True]])
+    cond.text_emb.requires_grad_(True)
+    out = model(z, logsnr, cond)
+    assert (out - model(z, logsnr, None)).abs().max() > 1e-4
+    out.square().mean().backward()
+    assert cond.text_emb.grad.abs().sum() > 0
+
+
+def test_cross_attention_keeps_frames_independent():
+    layer = randomize(TextCrossAttention(8, text_dim=6, head_dim=4, norm_groups=4))
+    x = torch.randn(1, 8, 4, 4, 4)
+    cond = _text([[True, True, False]])
+    base = layer(x, cond)
+    x2 = x.clone()
+    x2[:, :, 2] += 1.0
+    diff = (layer(x2, cond) - base).abs().amax(dim=(0, 1, 3, 4))
+    assert diff[2] > 0 and torch.all(diff[[0, 1, 3]] == 0)
+
+
+def test_text_shape_errors_name_the_tensor():
+    model = _model()
+    z = torch.randn(1, 3, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"text_emb must have shape .*\(1, 4, 5\)"):
+        model(z, torch.zeros(1), Conditioning(text_emb=torch.randn(1, 4, 5)))
+    with pytest.raises(ValueError, match=r"text_mask must have shape"):
+        model(z, torch.zeros(1), Conditioning(text_emb=torch.randn(1, 4, 6), text_mask=torch.ones(1, 3).bool()))
+    plain = UNet3D(tiny_cfg())
+    with pytest.raises(ValueError, match="not text-conditional"):
+        plain(z, torch.zeros(1), Conditioning(text_emb=torch.randn(1, 4, 6)))
