@@ -8,6 +8,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -49,13 +50,20 @@ def size_of(args) -> dict:
     return s
 
 
-def train(args, name: str, **extra) -> tuple[torch.nn.Module, object, float]:
-    """Train a small VDM on 16-frame moving digits; returns (EMA model, config, seconds)."""
+def real_clips(num: int, frames: int, size: int, seed: int) -> torch.Tensor:
+    """``num`` moving-digits clips ``[num, 1, frames, size, size]`` in [-1, 1], drawn with ``seed`` (the
+    training data uses seed 0, so any other seed gives clips the models never saw)."""
+    data = MovingDigits(num_frames=frames, size=size, length=1_000_000, seed=seed)
+    return torch.stack([data[i]["video"] for i in range(num)])
+
+
+def train(args, name: str, frames: int = 16, **extra) -> tuple[torch.nn.Module, object, float]:
+    """Train a small VDM on ``frames``-frame moving digits; returns (EMA model, config, seconds)."""
     s = size_of(args)
     overrides = {
         "model.unet.in_channels": 1, "model.unet.dim": s["dim"], "model.unet.dim_mults": s["mults"],
         "model.unet.attn_levels": s["attn"], "model.unet.num_res_blocks": 1, "model.unet.head_dim": 8,
-        "model.unet.norm_groups": 4, "data.dataset": "moving_digits", "data.num_frames": 16, "data.size": s["size"],
+        "model.unet.norm_groups": 4, "data.dataset": "moving_digits", "data.num_frames": frames, "data.size": s["size"],
         "train.steps": s["steps"], "train.batch_size": s["batch"], "train.warmup_steps": min(100, s["steps"] // 4),
         "train.ckpt_every": s["steps"], "train.sample_every": 0, "train.log_every": 50, "train.tensorboard": False,
         "train.device": args.device, "train.lr": 5e-4, "train.out_dir": str(Path(args.out) / name), **extra,
@@ -68,14 +76,14 @@ def train(args, name: str, **extra) -> tuple[torch.nn.Module, object, float]:
 
 
 class FVDScorer:
-    """FVD of generated videos against ``ref`` real moving-digits clips (statistics computed once)."""
+    """FVD of generated videos against ``ref`` real moving-digits clips of ``frames`` frames of
+    ``size`` (default: by size) pixels, unseen in training (statistics computed once)."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, frames: int = 16, size: Optional[int] = None) -> None:
         s = size_of(args)
         self.device = resolve_device(args.device)
         self.net = load_i3d(resolve_weights("i3d", args.weights), self.device)
-        real = MovingDigits(num_frames=16, size=s["size"], length=1_000_000, seed=12345)  # unseen clips
-        clips = np.stack([to_uint8(real[i]["video"]) for i in range(s["ref"])])
+        clips = to_uint8(real_clips(s["ref"], frames, size or s["size"], seed=12345))
         self.ref = GaussianStats.from_features(self.features(clips, "reference"))
 
     def features(self, clips: np.ndarray, desc: str) -> np.ndarray:
