@@ -55,9 +55,15 @@ def weight_by_logsnr(logsnrs: Sequence[float] | Tensor, weights: Sequence[float]
     table = torch.tensor([float(w) for w in weights], dtype=torch.float64)
     finite = torch.where(torch.isfinite(grid), grid, torch.sign(grid) * 1e4)
 
+    on_device: dict = {}  # the grid and weights copied once per device: no host round trip per step
+
     def w(logsnr: Tensor) -> Tensor:
-        idx = (logsnr.detach().double().cpu()[:, None] - finite[None]).abs().argmin(dim=1)  # [B]
-        return table[idx].to(logsnr.device)
+        dtype = torch.float32 if logsnr.device.type == "mps" else torch.float64
+        if logsnr.device not in on_device:
+            on_device[logsnr.device] = (finite.to(logsnr.device, dtype), table.to(logsnr.device, dtype))
+        grid_d, table_d = on_device[logsnr.device]
+        idx = (logsnr.detach().to(dtype)[:, None] - grid_d[None]).abs().argmin(dim=1)  # [B]
+        return table_d[idx]
 
     return w
 

@@ -18,7 +18,6 @@ input frames unchanged and appends the generated ones, exactly N frames in all.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -30,9 +29,7 @@ from kinema.conditioning import Conditioning, drop_conditioning, with_context
 from kinema.config import KinemaConfig
 from kinema.diffusion.guidance import (frame_selection, guided_denoiser, reconstruction_guidance, replacement,
                                        resize_frames)
-from kinema.diffusion.objective import Denoiser
-from kinema.pipelines.build import autocast, autocast_dtype
-from kinema.pipelines.sample import SamplerSettings, complete_context, is_context_model
+from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, is_context_model
 
 METHODS = ("reconstruction", "replacement", "context")
 DEFAULT_GUIDANCE = {"reconstruction": 5.0, "replacement": 0.0, "context": 0.0}
@@ -79,20 +76,14 @@ def window_plan(have: int, total: int, window: int, overlap: int) -> list[int]:
 
 def conditional_denoiser(model: nn.Module, cfg: KinemaConfig, method: str, x_a: Tensor, known: Tensor,
                          guidance: float, *, generator: Optional[torch.Generator] = None,
-                         amp: Optional[torch.dtype] = None, cond: Optional[Conditioning] = None):
+                         precision: str = "auto", cond: Optional[Conditioning] = None):
     """A sampler-ready ``denoise(z, logsnr)`` for sampling the frames of ``x_a [B, C, F, H, W]`` where
     ``known [B, F]`` is False, given those where it is True, by ``method`` (see the module
     docstring); ``guidance`` is w_r for reconstruction and the classifier-free weight for context.
     Every method also overwrites the known part of z (replacement), so the sample keeps x^a there."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    device = x_a.device
-    denoiser = Denoiser(model, cfg.diffusion.parameterization)
-
-    def with_amp(z, logsnr, c):
-        with autocast(device, amp):
-            return denoiser(z, logsnr, c)
-
+    with_amp = autocast_denoiser(model, cfg, precision)
     if method == "context":
         if not is_context_model(cfg):
             raise ValueError("method 'context' needs a model trained with context frames (train.context.max_frames "
@@ -130,7 +121,6 @@ def extend_video(model: nn.Module, cfg: KinemaConfig, video: Tensor, frames: int
     guidance = DEFAULT_GUIDANCE[method] if guidance is None else guidance
     run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta)
     device = next(model.parameters()).device
-    amp = autocast_dtype(precision, device)
     generator = torch.Generator(device).manual_seed(seed)
     out = [video.float().cpu()]
     tail = video[:, :, -overlap:].to(device, torch.float32)  # the known frames of the next window
@@ -141,7 +131,8 @@ def extend_video(model: nn.Module, cfg: KinemaConfig, video: Tensor, frames: int
             x_a = torch.cat([tail, tail.new_zeros(b, c, window - overlap, h, w)], dim=2)  # [B, C, W, H, W]
             known = torch.zeros(b, window, dtype=torch.bool, device=device)
             known[:, :overlap] = True
-            denoise = conditional_denoiser(model, cfg, method, x_a, known, guidance, generator=generator, amp=amp)
+            denoise = conditional_denoiser(model, cfg, method, x_a, known, guidance, generator=generator,
+                                           precision=precision)
             z = torch.randn(x_a.shape, generator=generator, device=device)
             sample = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1)).float().clamp(-1, 1)
             sample = sample[:, :, :overlap + new]  # [known tail, new frames]; the known part is kept exactly

@@ -69,6 +69,21 @@ def complete_context(cfg: KinemaConfig, cond: Optional[Conditioning], z: torch.T
                                                                   device=z.device))
 
 
+def autocast_denoiser(model: nn.Module, cfg: KinemaConfig, precision: str = "auto"):
+    """``net(z, logsnr, cond) -> Prediction``: ``model`` wrapped by :class:`Denoiser` in the config's
+    parameterization, each call under bf16 autocast on CUDA (``precision``, see ``autocast_dtype``).
+    The one place sampling pipelines turn a backbone into a denoiser."""
+    device = next(model.parameters()).device
+    amp = autocast_dtype(precision, device)
+    denoiser = Denoiser(model, cfg.diffusion.parameterization)
+
+    def net(z: torch.Tensor, logsnr: torch.Tensor, cond: Optional[Conditioning]):
+        with autocast(device, amp):
+            return denoiser(z, logsnr, cond)
+
+    return net
+
+
 def _cycle(values: Sequence, num: int) -> list:
     return [values[i % len(values)] for i in range(num)]
 
@@ -146,8 +161,7 @@ def sample_videos(
     run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
                                       thresholding=thresholding)
     device = next(model.parameters()).device
-    amp = autocast_dtype(precision, device)
-    denoiser = Denoiser(model, cfg.diffusion.parameterization)
+    net = autocast_denoiser(model, cfg, precision)
     generator = torch.Generator(device).manual_seed(seed)
     shape = video_shape(cfg, frames, size)
     weight = guidance_weight(cfg, run.grid, guidance, guidance_low)
@@ -160,11 +174,6 @@ def sample_videos(
         z = torch.randn((b, *shape), generator=generator, device=device)
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
         c = complete_context(cfg, c, z)
-
-        def net(z_, logsnr, c_):
-            with autocast(device, amp):
-                return denoiser(z_, logsnr, c_)
-
         if labelled:
             denoise = guided_denoiser(net, c, drop_conditioning(c, fields=LABEL_FIELDS), weight)
         else:

@@ -13,10 +13,8 @@ from tqdm.auto import tqdm
 
 from kinema.config import KinemaConfig
 from kinema.diffusion.guidance import reconstruction_guidance, spatial_downsampling
-from kinema.diffusion.objective import Denoiser
-from kinema.pipelines.build import autocast, autocast_dtype
 from kinema.pipelines.extend import as_batch
-from kinema.pipelines.sample import SamplerSettings, complete_context
+from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context
 
 DEFAULT_GUIDANCE = 10.0
 
@@ -34,17 +32,15 @@ def upsample_video(model: nn.Module, cfg: KinemaConfig, lowres: Tensor, *, size:
         raise ValueError(f"the input ({lowres.shape[-2]}x{lowres.shape[-1]}) is larger than the target size {size}")
     run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta)
     device = next(model.parameters()).device
-    amp = autocast_dtype(precision, device)
     generator = torch.Generator(device).manual_seed(seed)
     y = lowres.to(device, torch.float32)
     b, c, f = y.shape[:3]
     z = torch.randn((b, c, f, size, size), generator=generator, device=device)
     cond = complete_context(cfg, None, z)
-    denoiser = Denoiser(model, cfg.diffusion.parameterization)
+    net = autocast_denoiser(model, cfg, precision)
 
     def denoise(z_, logsnr):
-        with autocast(device, amp):
-            return denoiser(z_, logsnr, cond)
+        return net(z_, logsnr, cond)
 
     guided = reconstruction_guidance(denoise, y, spatial_downsampling(tuple(y.shape[-2:])), guidance)
     with tqdm(total=run.steps, desc="upsample", unit="step", disable=not progress) as bar, torch.no_grad():

@@ -68,22 +68,23 @@ def init_from_env(device_type: str) -> bool:
     return True
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (identity with one process)."""
+def _all_reduce(value: torch.Tensor, op) -> torch.Tensor:
+    """A reduced copy of ``value`` over ranks (``value`` itself with one process)."""
     if not is_initialized():
         return value
     out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / world_size()
+    dist.all_reduce(out, op=op)
+    return out
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (identity with one process)."""
+    return _all_reduce(value, dist.ReduceOp.SUM) / world_size()
 
 
 def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
     """Elementwise maximum over ranks (identity with one process)."""
-    if not is_initialized():
-        return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return _all_reduce(value, dist.ReduceOp.MAX)
 
 
 def gather_objects(obj) -> list:

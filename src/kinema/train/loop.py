@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -134,8 +135,9 @@ class Trainer:
         # One stream of t and noise for the global batch, identical on every rank (see draw_global).
         self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003)
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
-        self._check_channels()
-        self._check_conditioning()
+        item = self.dataset[0]  # one item (decoding a file for folder datasets), for the checks below
+        self._check_channels(item)
+        self._check_conditioning(item)
         self.step = 0
         last = self._last_checkpoint() if resume else None
         if last is not None:  # whole weights go in before the model is sharded
@@ -151,20 +153,18 @@ class Trainer:
 
     # ---- setup helpers -----------------------------------------------------------------------------
 
-    def _check_channels(self) -> None:
+    def _check_channels(self, item: dict) -> None:
         u = self.cfg.model.unet
         check_context_config(self.cfg.train.context, self.cfg.data.num_frames, u.in_channels, u.extra_in_channels)
-        item = self.dataset[0]["video"]
-        want = self.cfg.model.unet.in_channels
-        if item.shape[0] != want:
-            raise ValueError(f"model.unet.in_channels={want} but dataset '{self.cfg.data.dataset}' yields "
-                             f"{item.shape[0]}-channel videos; set model.unet.in_channels={item.shape[0]}")
+        channels = item["video"].shape[0]
+        if channels != u.in_channels:
+            raise ValueError(f"model.unet.in_channels={u.in_channels} but dataset '{self.cfg.data.dataset}' yields "
+                             f"{channels}-channel videos; set model.unet.in_channels={channels}")
 
-    def _check_conditioning(self) -> None:
+    def _check_conditioning(self, item: dict) -> None:
         d, u, t = self.cfg.data, self.cfg.model.unet, self.cfg.train
         if not 0.0 <= t.cond_dropout < 1.0:
             raise ValueError(f"train.cond_dropout must be in [0, 1), got {t.cond_dropout}")
-        item = self.dataset[0]
         if d.class_key is not None:
             if u.num_classes < 1:
                 raise ValueError(f"data.class_key={d.class_key!r} needs a class-conditional model: set "
@@ -268,7 +268,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1 or self.world == 1
-            ctx = _no_gradient_sync(self.net, self.model) if not sync else _null()
+            ctx = _no_gradient_sync(self.net, self.model) if not sync else nullcontext()
             with ctx:
                 loss = self.loss(batch) / len(micro_batches)
                 loss.backward()
@@ -449,35 +449,21 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+@contextmanager
 def _no_gradient_sync(net: torch.nn.Module, model: torch.nn.Module):
     """Context for a gradient-accumulation micro-batch whose gradients need not be averaged yet:
     DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``, nothing otherwise."""
     if hasattr(net, "no_sync"):
-        return net.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):
-        return _FSDPNoSync(model)
-    return _null()
-
-
-class _FSDPNoSync:
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def __enter__(self):
-        self.model.set_requires_gradient_sync(False)
-        return self
-
-    def __exit__(self, *exc):
-        self.model.set_requires_gradient_sync(True)
-        return False
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        with net.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 class RunLogger:
