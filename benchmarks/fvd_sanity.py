@@ -22,7 +22,7 @@ from kinema.metrics.assets import resolve_weights
 from kinema.metrics.features import extract_features, preprocess_i3d
 from kinema.metrics.frechet import GaussianStats, frechet_from_stats
 from kinema.metrics.i3d import load_i3d
-from kinema.pipelines.build import resolve_device
+from kinema.system import resolve_device
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import torch
 from kinema.config import load_config
 from kinema.data.synthetic import BouncingShapes
 from kinema.metrics.prompt_following import prompt_following
-from kinema.pipelines.build import load_from_checkpoint
+from kinema.system import load_system
 from kinema.pipelines.sample import make_conditioning, sample_videos
 
 
@@ -65,15 +65,16 @@ def main() -> None:
         summary = Trainer(cfg).fit()
         result["train"] = {"steps": summary["final_step"], "seconds": round(summary["seconds"], 1)}
         args.ckpt = args.out
-    model, cfg, ckpt = load_from_checkpoint(args.ckpt)
-    result.update(checkpoint=str(ckpt), device=str(next(model.parameters()).device),
+    system, ckpt = load_system(args.ckpt)
+    cfg = system.cfg
+    result.update(checkpoint=str(ckpt), device=str(system.device),
                   video=[cfg.data.num_frames, cfg.data.size, cfg.data.size], sampler=cfg.sample.sampler,
                   steps=args.steps or cfg.sample.steps)
     prompts = benchmark_prompts(args.repeats)
-    cond = make_conditioning(model, len(prompts), prompts=prompts)
+    cond = make_conditioning(system, len(prompts), prompts=prompts)
     for w in args.guidance:
         start = time.time()
-        videos = sample_videos(model, cfg, len(prompts), steps=args.steps, seed=args.seed, cond=cond, guidance=w,
+        videos = sample_videos(system, len(prompts), steps=args.steps, seed=args.seed, cond=cond, guidance=w,
                                guidance_low=None, batch_size=32, progress=False)
         scores = prompt_following(videos, prompts)
         scores["seconds"] = round(time.time() - start, 1)

@@ -38,7 +38,7 @@ def test_tiny_model_memorizes_one_clip_and_samples_it_back(tiny):
     })
     trainer = Trainer(cfg, dataset=OneClip(clip))
     trainer.fit()
-    samples = sample_videos(trainer.ema_model(), cfg, 8, steps=16, sampler="ddim", seed=1, progress=False)
+    samples = sample_videos(trainer.ema_system(), 8, steps=16, sampler="ddim", seed=1, progress=False)
     mse = (samples - clip).pow(2).mean(dim=(1, 2, 3, 4))
     baseline = clip.var().item()
     assert baseline > 0.1

@@ -22,7 +22,7 @@ from kinema.metrics.assets import resolve_weights
 from kinema.metrics.features import extract_features, preprocess_i3d
 from kinema.metrics.frechet import GaussianStats, frechet_from_stats
 from kinema.metrics.i3d import load_i3d
-from kinema.pipelines.build import resolve_device
+from kinema.system import resolve_device
 from kinema.train.loop import Trainer
 
 SIZES = {  # smoke: minutes on 2 CPU cores; full: minutes on one GPU
@@ -57,8 +57,8 @@ def real_clips(num: int, frames: int, size: int, seed: int) -> torch.Tensor:
     return torch.stack([data[i]["video"] for i in range(num)])
 
 
-def train(args, name: str, frames: int = 16, **extra) -> tuple[torch.nn.Module, object, float]:
-    """Train a small VDM on ``frames``-frame moving digits; returns (EMA model, config, seconds)."""
+def train(args, name: str, frames: int = 16, **extra) -> tuple[object, object, float]:
+    """Train a small VDM on ``frames``-frame moving digits; returns (EMA system, config, seconds)."""
     s = size_of(args)
     overrides = {
         "model.unet.in_channels": 1, "model.unet.dim": s["dim"], "model.unet.dim_mults": s["mults"],
@@ -72,7 +72,7 @@ def train(args, name: str, frames: int = 16, **extra) -> tuple[torch.nn.Module, 
     start = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.fit()
-    return trainer.ema_model().eval(), cfg, time.perf_counter() - start
+    return trainer.ema_system(), cfg, time.perf_counter() - start
 
 
 class FVDScorer:

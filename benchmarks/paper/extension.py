@@ -23,7 +23,7 @@ import time
 import torch
 from common import FVDScorer, parser, real_clips, size_of, train
 
-from kinema.pipelines.build import load_from_checkpoint
+from kinema.system import load_system
 from kinema.pipelines.extend import extend_video
 
 
@@ -47,11 +47,12 @@ def main() -> None:
     weights = args.w_r or ([2.0, 5.0] if args.smoke else [2.0, 5.0, 10.0])
     steps = args.sample_steps or (16 if args.smoke else 64)
     if args.ckpt:
-        model, cfg, _ = load_from_checkpoint(args.ckpt, device=args.device)
+        model, _ = load_system(args.ckpt, device=args.device)
+        cfg = model.cfg
         seconds, train_steps = 0.0, None
-        if cfg.data.dataset != "moving_digits" or cfg.model.unet.in_channels != 1:
+        if cfg.data.dataset != "moving_digits" or model.spec.in_channels != 1:
             raise ValueError(f"--ckpt {args.ckpt}: needs a 1-channel moving_digits model, got dataset "
-                             f"{cfg.data.dataset!r} with {cfg.model.unet.in_channels} channels")
+                             f"{cfg.data.dataset!r} with {model.spec.in_channels} channels")
     else:
         model, cfg, seconds = train(args, "extension", frames=args.window)
         train_steps = s["steps"]
@@ -72,8 +73,8 @@ def main() -> None:
     report("repeat_last", torch.cat([truth[:, :, :args.given], still], dim=2))
     for method, w_r in [("replacement", 0.0)] + [("reconstruction", w) for w in weights]:
         start = time.perf_counter()
-        video = extend_video(model, cfg, truth[:, :, :args.given], args.frames, method=method,
-                             overlap=args.given, window=window, guidance=w_r, steps=steps, sampler="ddim", seed=0)
+        video = extend_video(model, truth[:, :, :args.given], args.frames, method=method,
+                             overlap=args.given, window=window, recon_weight=w_r, steps=steps, sampler="ddim", seed=0)
         report(method, video, w_r=w_r if method == "reconstruction" else None,
                sample_s=round(time.perf_counter() - start, 1))
 

@@ -26,7 +26,7 @@ def main() -> None:
     scorer = FVDScorer(args)
     for fraction in args.image_fractions:
         model, cfg, seconds = train(args, f"joint-{fraction:g}", **{"data.image_fraction": fraction})
-        videos = sample_videos(model, cfg, s["num"], steps=args.sample_steps, sampler="ddim", seed=0)
+        videos = sample_videos(model, s["num"], steps=args.sample_steps, sampler="ddim", seed=0)
         print(json.dumps({"benchmark": "joint_image_video", "image_fraction": fraction, "train_steps": s["steps"],
                           "num": s["num"], "fvd": scorer(videos), "train_seconds": round(seconds, 1),
                           "smoke": args.smoke, "device": str(scorer.device)}), flush=True)

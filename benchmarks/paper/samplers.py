@@ -29,7 +29,7 @@ def main() -> None:
     for sampler in args.samplers:
         for steps in grid:
             start = time.perf_counter()
-            videos = sample_videos(model, cfg, s["num"], steps=steps, sampler=sampler, seed=0)
+            videos = sample_videos(model, s["num"], steps=steps, sampler=sampler, seed=0)
             sample_s = time.perf_counter() - start
             print(json.dumps({"benchmark": "samplers", "sampler": sampler, "steps": steps, "num": s["num"],
                               "fvd": scorer(videos), "sample_seconds": round(sample_s, 1),

@@ -37,54 +37,84 @@ def _print0(msg: str) -> None:
     print0(msg)
 
 
+def _conditioning(system, num: int, args: argparse.Namespace):
+    """Conditioning for ``num`` videos from ``--prompt`` / ``--class`` (None when neither is given)."""
+    from kinema.pipelines.sample import make_conditioning
+
+    return make_conditioning(system, num, prompts=args.prompt, class_labels=args.class_labels)
+
+
+def _labels_text(args: argparse.Namespace) -> str:
+    return "".join(f" for {name} {vals}" for name, vals in (("prompts", args.prompt), ("classes", args.class_labels))
+                   if vals)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
-    from kinema.pipelines.build import load_from_checkpoint
-    from kinema.pipelines.sample import make_conditioning, sample_videos
+    from kinema.pipelines.sample import sample_videos
+    from kinema.system import load_system
 
     if (args.guidance is not None or args.guidance_low is not None) and not (args.prompt or args.class_labels):
         raise ValueError("--guidance / --guidance-low need a --prompt or --class to guide towards")
-    model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
-    cond = make_conditioning(model, args.num, prompts=args.prompt, class_labels=args.class_labels)
+    system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
+    cond = _conditioning(system, args.num, args)
     low = "config" if args.guidance_low is None else args.guidance_low
-    videos = sample_videos(model, cfg, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
+    videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
                            seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size,
                            cond=cond, guidance=args.guidance, guidance_low=low)
-    out = write_video(args.out, videos, fps=args.fps or cfg.sample.fps)
-    what = "".join(f" for {name} {vals}" for name, vals in (("prompts", args.prompt), ("classes", args.class_labels))
-                   if vals)
-    print(f"wrote {args.num} samples of {tuple(videos.shape[1:])}{what} from {ckpt} to {out}")
+    out = write_video(args.out, videos, fps=args.fps or system.cfg.sample.fps)
+    print(f"wrote {args.num} samples of {tuple(videos.shape[1:])}{_labels_text(args)} from {ckpt} to {out}")
     return 0
+
+
+def _recon_weight(args: argparse.Namespace, reconstruction: bool) -> Optional[float]:
+    """``--recon-weight``; the deprecated spelling ``--guidance`` for w_r (before kinema 0.2 it meant w_r in
+    ``upsample`` and ``extend --method reconstruction``) is honoured, with a warning, when nothing is
+    there for classifier-free guidance to guide towards."""
+    if args.recon_weight is not None or args.guidance is None or args.prompt or args.class_labels:
+        return args.recon_weight
+    if not reconstruction:
+        return None
+    print(f"kinema {args.command}: warning: --guidance as the reconstruction weight is deprecated; use "
+          f"--recon-weight {args.guidance:g} (--guidance is the classifier-free guidance weight everywhere)",
+          file=sys.stderr)
+    weight, args.guidance = args.guidance, None
+    return weight
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
-    from kinema.pipelines.build import load_from_checkpoint
     from kinema.pipelines.extend import extend_video, read_clip
-    from kinema.pipelines.sample import is_context_model
+    from kinema.system import load_system
 
-    model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
-    method = args.method or ("context" if is_context_model(cfg) else "reconstruction")
-    clip = read_clip(args.input, cfg.model.unet.in_channels, args.size or cfg.data.size)
-    video = extend_video(model, cfg, clip, args.frames, method=method, overlap=args.overlap, window=args.window,
-                         guidance=args.guidance, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
-    out = write_video(args.out, video, fps=args.fps or cfg.sample.fps)
-    print(f"extended {args.input} from {clip.shape[2]} to {video.shape[2]} frames ({method}) with {ckpt}; wrote {out}")
+    system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
+    method = args.method or ("context" if system.is_context_model else "reconstruction")
+    recon = _recon_weight(args, method == "reconstruction")
+    clip = read_clip(args.input, system.space.channels, args.size or system.space.size)
+    video = extend_video(system, clip, args.frames, method=method, overlap=args.overlap, window=args.window,
+                         guidance=args.guidance, recon_weight=recon, cond=_conditioning(system, clip.shape[0], args),
+                         steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
+    out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+    print(f"extended {args.input} from {clip.shape[2]} to {video.shape[2]} frames ({method}){_labels_text(args)} "
+          f"with {ckpt}; wrote {out}")
     return 0
 
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
-    from kinema.pipelines.build import load_from_checkpoint
     from kinema.pipelines.extend import read_clip
-    from kinema.pipelines.upsample import upsample_video
+    from kinema.pipelines.upsample import DEFAULT_RECON_WEIGHT, upsample_video
+    from kinema.system import load_system
 
-    model, cfg, ckpt = load_from_checkpoint(args.checkpoint, ema=not args.no_ema, device=args.device)
-    low = read_clip(args.input, cfg.model.unet.in_channels, max_frames=args.max_frames)
-    video = upsample_video(model, cfg, low, size=args.size, guidance=args.guidance, steps=args.steps,
+    system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
+    recon = _recon_weight(args, True)
+    low = read_clip(args.input, system.space.channels, max_frames=args.max_frames)
+    video = upsample_video(system, low, size=args.size, recon_weight=DEFAULT_RECON_WEIGHT if recon is None else recon,
+                           guidance=args.guidance, cond=_conditioning(system, low.shape[0], args), steps=args.steps,
                            sampler=args.sampler, eta=args.eta, seed=args.seed)
-    out = write_video(args.out, video, fps=args.fps or cfg.sample.fps)
-    print(f"upsampled {args.input} from {tuple(low.shape[-2:])} to {tuple(video.shape[-2:])} with {ckpt}; wrote {out}")
+    out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+    print(f"upsampled {args.input} from {tuple(low.shape[-2:])} to {tuple(video.shape[-2:])}{_labels_text(args)} "
+          f"with {ckpt}; wrote {out}")
     return 0
 
 
@@ -92,6 +122,22 @@ def _checkpoint_command(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help)
     p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its newest checkpoint)")
     return p
+
+
+def _add_conditioning_args(p: argparse.ArgumentParser) -> None:
+    """``--prompt`` / ``--class`` / ``--guidance``: the same conditioning for sample, extend and upsample."""
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text prompt (text-conditional models); repeat for several, cycled over the videos")
+    p.add_argument("--class", dest="class_labels", type=int, action="append", default=None, metavar="K",
+                   help="class label (class-conditional models); repeat for several, cycled over the videos")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight w (default: sample.guidance; 0 = no guidance)")
+
+
+def _add_recon_weight(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument("--recon-weight", type=float, default=None, metavar="W_R",
+                   help=f"reconstruction guidance weight w_r (VDM eq. 7; default {default:g}). The old spelling "
+                        f"--guidance still sets it, with a warning, when no --prompt / --class is given")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -110,8 +156,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from kinema.config import load_config
     from kinema.data.io import write_video
-    from kinema.pipelines.build import resolve_device
     from kinema.pipelines.sample import sample_videos
+    from kinema.system import resolve_device
     from kinema.train.loop import Trainer
 
     out = Path(args.out).expanduser()
@@ -123,7 +169,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"{args.minutes} min ({cfg.train.steps} steps max) on {resolve_device(cfg.train.device)}...")
     trainer = Trainer(cfg)
     summary = trainer.fit()
-    videos = sample_videos(trainer.ema_model(), cfg, args.num, seed=0)
+    videos = sample_videos(trainer.ema_system(), args.num, seed=0)
     written = [write_video(out / f"samples.{ext}", videos, fps=cfg.sample.fps) for ext in ("gif", "mp4", "png")]
     ckpts = sorted((out / "ckpt").glob("step-*"))
     print(f"trained {summary['final_step']} steps in {summary['seconds'] / 60:.1f} min")
@@ -201,12 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: as trained)")
     p.add_argument("--size", type=int, default=None, help="height = width (default: as trained)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--prompt", action="append", default=None,
-                   help="text prompt (text-conditional models); repeat for several, cycled over the samples")
-    p.add_argument("--class", dest="class_labels", type=int, action="append", default=None, metavar="K",
-                   help="class label (class-conditional models); repeat for several, cycled over the samples")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance weight w (default: sample.guidance; 0 = no guidance)")
+    _add_conditioning_args(p)
     p.add_argument("--guidance-low", type=float, default=None, metavar="W",
                    help="Imagen Video's oscillating guidance: alternate between --guidance and this weight "
                         "after the first sample.guidance_constant of the steps")
@@ -221,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context for context-conditioned models, else reconstruction (default)")
     p.add_argument("--overlap", type=int, default=None, help="known frames per window (default: half the window)")
     p.add_argument("--window", type=int, default=None, help="frames per window (default: the training length)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="reconstruction: w_r (default 5); context: classifier-free weight over the context (default 0)")
+    _add_conditioning_args(p)  # for the context method --guidance also guides over the known frames
+    _add_recon_weight(p, 5.0)
     p.add_argument("--size", type=int, default=None, help="resize the input to this size (default: as trained)")
     p.add_argument("--out", default="longer.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
@@ -231,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _checkpoint_command(sub, "upsample", "super-resolve a low-resolution video with an unconditional model (VDM eq. 8)")
     p.add_argument("--input", required=True, help="the low-resolution video")
     p.add_argument("--size", type=int, default=None, help="output height = width (default: the model's data.size)")
-    p.add_argument("--guidance", type=float, default=10.0, help="reconstruction guidance weight w_r (default 10)")
+    _add_conditioning_args(p)
+    _add_recon_weight(p, 10.0)
     p.add_argument("--max-frames", type=int, default=None, help="use only the first frames of the input")
     p.add_argument("--out", default="high.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)

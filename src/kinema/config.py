@@ -6,7 +6,15 @@ closest valid one. The resolved config is written as YAML next to every run and 
 checkpoint, and reads back to an equal object.
 
 The machinery (:func:`from_dict`, :func:`to_dict`, :func:`apply_overrides`) works for any
-dataclass tree; :class:`KinemaConfig` is kinema's own.
+dataclass tree; :class:`KinemaConfig` is kinema's own. String options are typed ``Literal[...]`` and
+checked on load (the error lists the valid values). One section is a *variant*: ``model.name``
+selects a registered backbone and with it the dataclass of the section ``model.<its section>``
+(``model.unet`` for ``unet3d``), see :class:`ModelConfig`.
+
+Why hand-written rather than OmegaConf or pydantic: OmegaConf's structured configs do not check
+``Literal`` types and know no variant section; pydantic validates well but would replace only the
+~70-line scalar coercion, not the key walk of dot-list overrides, the "did you mean" suggestions or
+the variant section, and it coerces more loosely than kinema wants (e.g. ``1.5`` for an int).
 """
 
 from __future__ import annotations
@@ -17,12 +25,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from kinema.diffusion.context import ContextConfig
+from kinema.models import backbone_entry, backbone_names
 from kinema.models.text import TextConfig
-from kinema.models.unet import UNetConfig
 
 
 class ConfigError(ValueError):
@@ -34,49 +43,75 @@ class ConfigError(ValueError):
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "cosine"  # cosine | shifted_cosine | linear
+    schedule: Literal["cosine", "shifted_cosine", "linear"] = "cosine"
     logsnr_min: float = -15.0
     logsnr_max: float = 15.0
     shift_base_resolution: int = 64  # shifted_cosine: shift = 2 log(base / data.size)
-    parameterization: str = "v"  # eps | x | v
-    weighting: str = "v"  # eps | x | v | min_snr (the loss's weighting, see diffusion/objective.py)
+    parameterization: Literal["eps", "x", "v"] = "v"
+    weighting: Literal["eps", "x", "v", "min_snr"] = "v"  # the loss's weighting, see diffusion/objective.py
     min_snr_gamma: float = 5.0
-    t_sampling: str = "stratified"  # stratified | uniform
+    t_sampling: Literal["stratified", "uniform"] = "stratified"
 
 
 @dataclass
 class ModelConfig:
+    """The model: a registered backbone (``name``) with its own config section, a text encoder, the space.
+
+    ``backbone`` holds the selected backbone's config dataclass. In YAML and on the command line it
+    lives under the backbone's section key: ``model.unet`` for ``unet3d`` (``model.unet.dim=32``);
+    ``cfg.model.<section>`` reads it too. Sections of other backbones are errors.
+    """
+
     name: str = "unet3d"
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    text: TextConfig = field(default_factory=TextConfig)  # text encoder feeding model.unet.text_dim
+    backbone: Any = None  # the config dataclass registered for `name` (YAML: model.<section>)
+    text: TextConfig = field(default_factory=TextConfig)  # text encoder feeding the backbone's text_dim
+    space: Literal["pixel"] = "pixel"  # where diffusion runs (see kinema/spaces.py)
+
+    # The variant machinery (from_dict / apply_overrides / to_dict): field naming the variant, field
+    # holding its section, and name -> (section key, config dataclass).
+    __variant__ = ("name", "backbone")
+
+    @staticmethod
+    def variant(name: str) -> tuple[str, type]:
+        entry = backbone_entry(name)
+        return entry.section, entry.config_cls
+
+    @staticmethod
+    def variant_sections() -> dict[str, str]:
+        """section key -> backbone name, for every registered backbone."""
+        return {backbone_entry(n).section: n for n in backbone_names()}
+
+    def __post_init__(self) -> None:
+        section, cls = self.variant(self.name)
+        if self.backbone is None:
+            self.backbone = cls()
+        elif not isinstance(self.backbone, cls):
+            raise ConfigError(f"model.{section} must be a {cls.__name__} for model.name={self.name}, got "
+                              f"{type(self.backbone).__name__}")
+
+    def __getattr__(self, item: str):  # cfg.model.unet -> cfg.model.backbone when model.name=unet3d
+        if item.startswith("__") or item in ("name", "backbone"):
+            raise AttributeError(item)
+        if backbone_entry(self.name).section == item:
+            return self.backbone
+        raise AttributeError(f"ModelConfig has no attribute {item!r} (model.name={self.name})")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "bouncing_shapes"  # bouncing_shapes | moving_digits | folder
+    dataset: Literal["bouncing_shapes", "moving_digits", "folder"] = "bouncing_shapes"
     path: Optional[str] = None  # folder of videos (dataset=folder) or MNIST file (moving_digits)
     num_frames: int = 16
     size: int = 32
     frame_stride: int = 1
     fps: Optional[float] = None
-    crop: str = "random"  # center | random
+    crop: Literal["center", "random"] = "random"
     image_fraction: float = 0.0  # joint image-video training: share of each item's frames that are images
     image_path: Optional[str] = None  # folder of images for joint training (default: frames of other clips)
     length: int = 100000  # items per epoch for the synthetic datasets
     class_key: Optional[str] = None  # item key with an integer class id (e.g. color_id) -> class_labels
     num_workers: int = 0
     seed: int = 0
-
-
-@dataclass
-class ContextConfig:
-    """Context-conditioned (prediction) models (VDM section 3.1 / Video LDM section 3.3): each training
-    item gets a random number of clean known frames in ``Conditioning.context`` + ``context_mask``
-    (needs ``model.unet.extra_in_channels = in_channels + 1``); the loss skips the known frames."""
-
-    max_frames: int = 0  # 0: off. Else each item gets 0..max_frames known frames (< data.num_frames)
-    none_prob: float = 0.1  # share of items with no known frames: the model is also unconditional
-    interpolation_prob: float = 0.25  # share of conditioned items whose known frames are split over both ends
 
 
 @dataclass
@@ -91,7 +126,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     warmup_steps: int = 500
-    lr_schedule: str = "constant"  # constant | cosine (decays to lr * lr_min_ratio at train.steps)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to lr * lr_min_ratio at train.steps
     lr_min_ratio: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -99,10 +134,10 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     channels_last: bool = False
-    parallel: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2: shard weights, gradients, optimizer state)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; fsdp = FSDP2: shard weights, grads, optimizer state
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 3
@@ -116,11 +151,11 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # ddim | ddpm | dpmpp
+    sampler: Literal["ddim", "ddpm", "dpmpp"] = "ddim"
     steps: int = 64
     eta: float = 0.0
-    spacing: str = "t"  # t | logsnr
-    thresholding: Optional[str] = "static"  # None | static | dynamic
+    spacing: Literal["t", "logsnr"] = "t"
+    thresholding: Optional[Literal["static", "dynamic"]] = "static"  # pixel space only; latents are never clipped
     use_ema: bool = True
     guidance: float = 0.0  # classifier-free guidance weight w (0: plain conditional sampling)
     guidance_low: Optional[float] = None  # set: Imagen Video's oscillating guidance between guidance and this
@@ -159,6 +194,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the annotated type ``tp`` or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        valid = ", ".join(map(str, args))
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config key '{key}' must be one of {valid}, got {value!r}{hint}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -170,6 +212,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message (e.g. the valid values of a Literal)
+            raise ConfigError(errors[0] + " (or null)")
         raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -224,20 +268,60 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}' has an unsupported annotation {tp!r}")
 
 
+def _variant_of(cls, data: dict, prefix: str) -> Optional[tuple[str, str, type]]:
+    """For a variant section class (``__variant__``, e.g. :class:`ModelConfig`): (holder field, YAML
+    key of the selected variant's section, its dataclass), the variant chosen by ``data``'s name
+    field (or the default). None for ordinary dataclasses."""
+    spec = getattr(cls, "__variant__", None)
+    if spec is None:
+        return None
+    name_field, holder = spec
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name_field)
+    name = data.get(name_field, default) if isinstance(data, dict) else default
+    try:
+        section, sub_cls = cls.variant(str(name))
+    except ValueError as e:
+        raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{name_field}': {e}") from None
+    return holder, section, sub_cls
+
+
+def _field_names(cls, variant: Optional[tuple[str, str, type]]) -> list[str]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    if variant is not None:
+        holder, section, _ = variant
+        names = [section if n == holder else n for n in names]
+    return names
+
+
+def _wrong_variant(cls, key: str, full: str, data: dict) -> Optional[ConfigError]:
+    owners = cls.variant_sections() if hasattr(cls, "variant_sections") else {}
+    if key in owners:
+        name_field = cls.__variant__[0]
+        return ConfigError(f"config section '{full}' belongs to {name_field} {owners[key]!r}, but "
+                           f"{full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{name_field} is "
+                           f"{data.get(name_field, 'the default')!r}; set {name_field}={owners[key]} or remove the section")
+    return None
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict, checking keys and types."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix or cls.__name__}' must be a mapping, got {data!r}")
+    variant = _variant_of(cls, data, prefix)
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = _field_names(cls, variant)
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}'" + _suggest(str(key), names))
-        kwargs[key] = _coerce(value, hints[key], full)
+            raise _wrong_variant(cls, key, full, data) or ConfigError(f"unknown config key '{full}'"
+                                                                      + _suggest(str(key), names))
+        if variant is not None and key == variant[1]:
+            kwargs[variant[0]] = _coerce(value, variant[2], full)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -247,11 +331,17 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def to_dict(obj) -> dict:
-    """Nested plain dict (tuples become lists) suitable for YAML/JSON."""
+    """Nested plain dict (tuples become lists) suitable for YAML/JSON; a variant section is written
+    under its section key (``model.unet``)."""
 
     def convert(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out = {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            variant = _variant_of(type(v), out, "")
+            if variant is not None:
+                holder, section, _ = variant
+                out = {(section if k == holder else k): val for k, val in out.items()}
+            return out
         if isinstance(v, (list, tuple)):
             return [convert(i) for i in v]
         return v
@@ -286,17 +376,20 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(cls, data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings to a nested dict, checking each key path against ``cls``."""
+    """Apply ``key.sub=value`` strings to a nested dict, checking each key path against ``cls``.
+    A variant's name may be set in the same list, before or after keys of its section."""
     data = merge({}, data)
-    for item in overrides:
-        path, value = parse_override(item)
+    parsed = [parse_override(item) for item in overrides]
+    for item, (path, value) in zip(overrides, parsed):
         node, node_cls = data, cls
         for i, part in enumerate(path):
-            names = [f.name for f in dataclasses.fields(node_cls)]
             where = ".".join(path[: i + 1])
+            variant = _variant_of(node_cls, _with_pending(node, node_cls, path[:i], parsed), where.rsplit(".", 1)[0])
+            names = _field_names(node_cls, variant)
             if part not in names:
-                raise ConfigError(f"unknown config key '{where}'" + _suggest(part, names))
-            tp = _hints(node_cls)[part]
+                raise _wrong_variant(node_cls, part, where, node) or ConfigError(f"unknown config key '{where}'"
+                                                                                 + _suggest(part, names))
+            tp = variant[2] if variant is not None and part == variant[1] else _hints(node_cls)[part]
             if i == len(path) - 1:
                 node[part] = value
             else:
@@ -305,6 +398,16 @@ def apply_overrides(cls, data: dict, overrides: list[str]) -> dict:
                 node = node.setdefault(part, {})
                 node_cls = tp
     return data
+
+
+def _with_pending(node: dict, node_cls, prefix: list[str], parsed: list[tuple[list[str], Any]]) -> dict:
+    """``node`` with the last override of its variant name field (if any) applied, so that
+    ``model.unet.dim=8 model.name=unet3d`` resolves the section by the name given later."""
+    spec = getattr(node_cls, "__variant__", None)
+    if spec is None:
+        return node
+    chosen = [value for path, value in parsed if path == [*prefix, spec[0]]]
+    return {**node, spec[0]: chosen[-1]} if chosen else node
 
 
 # ---- presets -------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ E[x^b | x^a] = mu^b + Sigma_ba Sigma_aa^-1 (x^a - mu^a).
 import pytest
 import torch
 
-from kinema.diffusion.guidance import (frame_selection, reconstruction_guidance, replacement, resize_frames,
+from kinema.resize import resize_video as resize_frames
+from kinema.diffusion.guidance import (frame_selection, reconstruction_guidance, replacement,
                                        spatial_downsampling)
 from kinema.diffusion.objective import Prediction
 from kinema.diffusion.samplers import get_sampler

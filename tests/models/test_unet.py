@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from kinema.conditioning import NULL_LABEL, Conditioning
-from kinema.models import MODELS, UNet3D, UNetConfig, build_model
+from kinema.models import UNet3D, UNetConfig, backbone_entry, build_backbone
+from kinema.models.embeddings import conditioning_channels
 from kinema.models.attention import TemporalAttention
 from kinema.models.blocks import TemporalConv
 
@@ -179,7 +180,7 @@ def test_extra_input_channels_from_lowres_and_context():
     out = model(z, torch.zeros(1), Conditioning(lowres=lowres))
     assert out.shape == z.shape
     assert (out - model(z, torch.zeros(1), Conditioning(lowres=-lowres))).abs().max() > 1e-3
-    extra = model.extra_inputs(z, Conditioning(lowres=lowres))
+    extra = conditioning_channels(z, Conditioning(lowres=lowres), 3)
     torch.testing.assert_close(extra[:, :, 0], extra[:, :, 1])  # frames repeated (nearest in time)
     torch.testing.assert_close(extra[:, :, 2], extra[:, :, 3])
     assert (extra[:, :, 1] - extra[:, :, 2]).abs().max() > 1e-3
@@ -188,15 +189,16 @@ def test_extra_input_channels_from_lowres_and_context():
 
     model = UNet3D(tiny_cfg(extra_in_channels=4))  # context (3 channels) + its mask
     mask = torch.tensor([[True, False, False, False]])
-    extra = model.extra_inputs(z, Conditioning(context=z, context_mask=mask))
+    extra = conditioning_channels(z, Conditioning(context=z, context_mask=mask), 4)
     assert extra.shape == (1, 4, 4, 8, 8)
     assert torch.equal(extra[:, :3, 0], z[:, :, 0]) and torch.all(extra[:, :3, 1:] == 0)
     assert torch.all(extra[:, 3, 0] == 1) and torch.all(extra[:, 3, 1:] == 0)
 
 
 def test_registry_and_parameter_count():
-    model = build_model("unet3d", tiny_cfg())
-    assert isinstance(model, UNet3D) and MODELS["unet3d"] == (UNetConfig, UNet3D)
+    model = build_backbone("unet3d", tiny_cfg())
+    entry = backbone_entry("unet3d")
+    assert isinstance(model, UNet3D) and (entry.config_cls, entry.model_cls, entry.section) == (UNetConfig, UNet3D, "unet")
     assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
     with pytest.raises(ValueError, match="'walt'.*unet3d"):
-        build_model("walt", tiny_cfg())
+        build_backbone("walt", tiny_cfg())

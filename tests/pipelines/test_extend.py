@@ -6,13 +6,18 @@ import pytest
 import torch
 
 from kinema.conditioning import Conditioning
-from kinema.config import ContextConfig
+from kinema.diffusion.context import ContextConfig, add_context, check_context_config, sample_context_mask
 from kinema.diffusion.guidance import reconstruction_guidance, frame_selection
 from kinema.diffusion.objective import Denoiser
-from kinema.pipelines.build import build_model
 from kinema.pipelines.extend import conditional_denoiser, extend_video, window_plan
 from kinema.pipelines.upsample import upsample_video
-from kinema.train.context import add_context, check_context_config, sample_context_mask
+from kinema.system import build_system
+
+
+def eval_system(cfg):
+    system = build_system(cfg)
+    system.model.eval()
+    return system, system.model
 
 CONTEXT = {"model.unet.extra_in_channels": 4, "train.context.max_frames": 2}
 
@@ -45,13 +50,13 @@ def test_window_plan_errors():
 def test_extension_returns_n_frames_starting_with_the_input(tiny, method):
     cfg = tiny(**CONTEXT)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    system, model = eval_system(cfg)
     seen = frames_seen(model)
     clip = torch.rand(1, 3, 3, 16, 16) * 2 - 1
     for total in (7, 10):  # window 4, overlap 2: 2 and 4 windows (the last one cut)
         seen.clear()
-        out = extend_video(model, cfg, clip, total, method=method, overlap=2, steps=2, progress=False,
-                           guidance=1.0)
+        out = extend_video(system, clip, total, method=method, overlap=2, steps=2, progress=False,
+                           guidance=1.0, recon_weight=1.0)
         assert out.shape == (1, 3, total, 16, 16)
         assert torch.equal(out[:, :, :3], clip)
         assert set(seen) == {cfg.data.num_frames}  # the model only ever sees one window ...
@@ -62,7 +67,7 @@ def test_extension_returns_n_frames_starting_with_the_input(tiny, method):
 def test_context_method_needs_a_context_model(tiny):
     cfg = tiny()
     with pytest.raises(ValueError, match="context frames"):
-        extend_video(build_model(cfg), cfg, torch.zeros(1, 3, 4, 16, 16), 6, method="context", steps=1,
+        extend_video(eval_system(cfg)[0], torch.zeros(1, 3, 4, 16, 16), 6, method="context", steps=1,
                      progress=False)
 
 
@@ -70,7 +75,7 @@ def test_reconstruction_guidance_through_the_unet_under_inference_mode(tiny):
     """The wrapper turns autograd on inside torch.inference_mode and matches a no_grad run."""
     cfg = tiny()
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    _, model = eval_system(cfg)
     for p in model.parameters():  # a non-trivial network (fresh U-Nets output exactly 0)
         torch.nn.init.normal_(p, std=0.05)
     g = torch.Generator().manual_seed(0)
@@ -93,27 +98,27 @@ def test_reconstruction_guidance_through_the_unet_under_inference_mode(tiny):
 
 def test_context_guidance_is_one_batched_call_and_keeps_known_frames(tiny):
     cfg = tiny(**CONTEXT)
-    model = build_model(cfg).eval()
+    system, model = eval_system(cfg)
     seen = frames_seen(model)
     batches = []
     model.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
     x_a = torch.rand(1, 3, 4, 16, 16)
     known = torch.tensor([[True, False, False, False]])
     with torch.inference_mode():
-        pred = conditional_denoiser(model, cfg, "context", x_a, known, 2.0)(torch.randn(1, 3, 4, 16, 16),
-                                                                             torch.zeros(1))
+        pred = conditional_denoiser(system, "context", x_a, known, guidance=2.0)(torch.randn(1, 3, 4, 16, 16),
+                                                                                 torch.zeros(1))
     assert batches == [2] and seen == [4]  # conditional + unconditional in one forward
     assert torch.equal(pred.x[:, :, :1], x_a[:, :, :1])
 
 
 def test_upsampling_matches_the_low_res_input(tiny):
     cfg = tiny()
-    model = build_model(cfg).eval()
+    system, model = eval_system(cfg)
     low = torch.rand(1, 3, 4, 8, 8) * 1.6 - 0.8
     seen = frames_seen(model)
     err = {}
     for w_r in (0.0, 10.0):
-        high = upsample_video(model, cfg, low, guidance=w_r, steps=4, progress=False, seed=1)
+        high = upsample_video(system, low, recon_weight=w_r, steps=4, progress=False, seed=1)
         assert high.shape == (1, 3, 4, 16, 16)
         err[w_r] = (torch.nn.functional.interpolate(high[0].transpose(0, 1), size=(8, 8), mode="bilinear",
                                                     antialias=True) - low[0].transpose(0, 1)).square().mean()

@@ -8,9 +8,10 @@ import torch
 from kinema.cli import main
 from kinema.conditioning import NULL_LABEL, Conditioning
 from kinema.models.text import TextConditioned
-from kinema.pipelines.build import load_from_checkpoint
+from kinema.diffusion.guidance import drop_for_guidance
 from kinema.pipelines.sample import make_conditioning, sample_videos
-from kinema.train.loop import Trainer, drop_for_guidance
+from kinema.system import load_system
+from kinema.train.loop import Trainer
 
 TEXT = {"model.unet.text_dim": 8, "model.text.encoder": "builtin", "model.text.dim": 8, "model.text.heads": 2,
         "model.text.depth": 1, "model.text.max_length": 8}
@@ -41,9 +42,9 @@ def test_builtin_encoder_trains_and_is_saved_with_the_unet(tiny):
     before = trainer.model.text_encoder.token_embedding.weight.detach().clone()
     trainer.fit()
     assert not torch.equal(before, trainer.model.text_encoder.token_embedding.weight), "the encoder learns"
-    model, loaded_cfg, _ = load_from_checkpoint(cfg.train.out_dir, device="cpu")
+    system, _ = load_system(cfg.train.out_dir, device="cpu")
     want, _ = trainer.ema_model().encode_text(PROMPTS)
-    got, mask = model.encode_text(PROMPTS)
+    got, mask = system.encode_text(PROMPTS)
     torch.testing.assert_close(got, want)  # the EMA of the encoder came back from the checkpoint alone
     assert mask.sum(1).tolist() == [5, 5]
 
@@ -56,18 +57,18 @@ def text_run(tiny):
 
 
 def test_guidance_zero_equals_conditional_sampling(text_run):
-    model, cfg, _ = load_from_checkpoint(text_run.train.out_dir, device="cpu")
+    system, _ = load_system(text_run.train.out_dir, device="cpu")
     with torch.no_grad():  # make the text matter: a fresh model's zero-initialized outputs ignore it
-        for p in model.parameters():
+        for p in system.model.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
-    cond = make_conditioning(model, 3, prompts=PROMPTS)
+    cond = make_conditioning(system, 3, prompts=PROMPTS)
     kw = dict(steps=4, sampler="ddpm", seed=1, cond=cond, progress=False)
-    plain = sample_videos(model, cfg, 3, guidance=0.0, guidance_low=None, **kw)
-    batched = sample_videos(model, cfg, 3, guidance=0.0, guidance_low=0.0, **kw)  # 2B forward, weight 0
+    plain = sample_videos(system, 3, guidance=0.0, guidance_low=None, **kw)
+    batched = sample_videos(system, 3, guidance=0.0, guidance_low=0.0, **kw)  # 2B forward, weight 0
     torch.testing.assert_close(batched, plain, atol=1e-5, rtol=0)
-    guided = sample_videos(model, cfg, 3, guidance=3.0, guidance_low=None, **kw)
+    guided = sample_videos(system, 3, guidance=3.0, guidance_low=None, **kw)
     assert (guided - plain).abs().max() > 1e-3
-    null = sample_videos(model, cfg, 3, guidance=0.0, guidance_low=None, **{**kw, "cond": None})
+    null = sample_videos(system, 3, guidance=0.0, guidance_low=None, **{**kw, "cond": None})
     assert (null - plain).abs().max() > 1e-3, "the prompt changes the samples"
 
 

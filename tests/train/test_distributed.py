@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from kinema.config import load_config, save_config
-from kinema.train import checkpoint as ckpt_io
+from kinema import checkpoint as ckpt_io
 from kinema.train.loop import Trainer
 from conftest import tiny_overrides
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from kinema.conditioning import Conditioning
-from kinema.diffusion.objective import Prediction, coefficients, eps_from_x
+from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
+from kinema.diffusion.objective import Denoise, Prediction, coefficients, eps_from_x
+from kinema.resize import resize_video
 
 
 def oscillating_guidance_weights(num_steps: int, w_high: float, w_low: float,
@@ -105,6 +105,35 @@ def guided_denoiser(denoiser: Callable[..., Prediction], cond: Conditioning, unc
 
 
 # ---- conditional sampling from an unconditional model (VDM, Ho et al. 2022, section 3.1) ----------
+def drop_for_guidance(cond: Conditioning, rate: float, generator: Optional[torch.Generator] = None, *,
+                      rand: Optional[Callable[[int], Tensor]] = None) -> Conditioning:
+    """Conditioning dropout for classifier-free guidance in training (Ho & Salimans 2021, Algorithm 1):
+    each item's text and class label are nulled with probability ``rate`` (by
+    :func:`kinema.conditioning.drop_conditioning`). Draws no random numbers for label-free batches.
+    ``rand(n) -> [n]`` U(0, 1) draws replace ``torch.rand(n, generator=generator)`` (the trainer
+    passes its rank-aware global draws)."""
+    if rate <= 0 or (cond.text_mask is None and cond.class_labels is None):
+        return cond
+    labels = cond.text_mask if cond.text_mask is not None else cond.class_labels
+    batch = labels.shape[0]
+    u = rand(batch) if rand is not None else torch.rand(batch, generator=generator, device=generator.device)
+    drop = u.to(labels.device) < rate
+    return drop_conditioning(cond, drop, fields=LABEL_FIELDS)
+
+
+class GuidanceDropout:
+    """Objective hook (:class:`~kinema.diffusion.objective.DiffusionObjective`): :func:`drop_for_guidance`
+    at ``rate`` with the objective's rank-aware draws."""
+
+    def __init__(self, rate: float) -> None:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"train.cond_dropout must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def __call__(self, x: Tensor, cond: Conditioning, rng) -> tuple[Conditioning, None]:
+        return drop_for_guidance(cond, self.rate, rand=rng.uniform), None
+
+
 #
 # A video x is split into a known part x^a and an unknown part x^b. An observation operator A maps a
 # full video to what is known about it: y = A(x) = x^a. Two operators cover VDM's uses:
@@ -113,7 +142,6 @@ def guided_denoiser(denoiser: Callable[..., Prediction], cond: Conditioning, unc
 # Both wrappers below turn a sampler-ready ``denoise(z, logsnr) -> Prediction`` into another one, so
 # every sampler in samplers.py works unchanged (samplers stay stateless, one signature).
 
-Denoise = Callable[[Tensor, Tensor], Prediction]
 Operator = Callable[[Tensor], Tensor]
 
 
@@ -142,15 +170,6 @@ def frame_selection(known: Tensor) -> Operator:
     return A
 
 
-def resize_frames(x: Tensor, size: tuple[int, int], *, antialias: bool = True) -> Tensor:
-    """Bilinear resize of every frame: ``[B, C, F, H, W] -> [B, C, F, size[0], size[1]]``; differentiable.
-    With ``antialias`` downsampling low-pass filters first (a triangle filter, like PIL's bilinear resize)."""
-    b, _, f = x.shape[:3]
-    frames = x.transpose(1, 2).flatten(0, 1)  # '(b f) c h w'
-    frames = F.interpolate(frames, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
-    return frames.unflatten(0, (b, f)).transpose(1, 2)
-
-
 def spatial_downsampling(size: tuple[int, int]) -> Operator:
     """Observation operator for spatial super-resolution (VDM section 3.1, eq. 8): x_hat^a is the
     model's reconstruction downsampled to the low resolution ``size = (h, w)`` with a differentiable
@@ -158,7 +177,7 @@ def spatial_downsampling(size: tuple[int, int]) -> Operator:
     size = (int(size[0]), int(size[1]))
     if min(size) < 1:
         raise ValueError(f"the low resolution must be positive, got {size}")
-    return lambda x: resize_frames(x, size)
+    return lambda x: resize_video(x, size)
 
 
 def replacement(denoise: Denoise, x_a: Tensor, known: Tensor, *,

@@ -7,6 +7,10 @@ predict the noise eps, the data x, or the velocity v = alpha eps - sigma x (Sali
     x = (z - sigma eps) / alpha        eps = (z - alpha x) / sigma
     x = alpha z - sigma v              eps = sigma z + alpha v
 
+The training side is an *objective*: a configured callable ``objective(parts, batch, rng) ->
+(loss, logs)`` (:class:`DiffusionObjective`), the only code that knows what a training step
+computes; the trainer runs it and knows no diffusion.
+
 Tensor shapes: ``z, x, eps, v`` are ``[B, ...]`` (videos ``[B, C, F, H, W]``); ``alpha``, ``sigma``
 are broadcastable to them (``[B, 1, 1, 1, 1]``) or Python floats; ``logsnr`` is ``[B]``.
 """
@@ -14,7 +18,7 @@ are broadcastable to them (``[B, 1, 1, 1, 1]``) or Python floats; ``logsnr`` is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple, Optional
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -32,6 +36,11 @@ class Prediction(NamedTuple):
 
     x: Tensor
     eps: Tensor
+
+
+# A sampler-ready denoiser: ``denoise(z [B, ...], logsnr [B]) -> Prediction``, conditioning and guidance
+# already applied. The one type samplers, guidance wrappers and pipelines pass around.
+Denoise = Callable[[Tensor, Tensor], Prediction]
 
 
 def broadcast_to(values: Tensor, like: Tensor) -> Tensor:
@@ -215,3 +224,80 @@ def diffusion_loss(
     weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma).to(per_example)
     per_example = per_example * weight
     return LossOutput(per_example.mean(), per_example, t, logsnr)
+
+
+# ---- objectives -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainBatch:
+    """What an objective gets per micro-batch: ``x [B, C, F, H, W]`` (data already in the model's space),
+    its ``cond``, and the collated ``data`` dict it came from (captions, labels, raw pixels, ...)."""
+
+    x: Tensor
+    cond: Any
+    data: dict
+
+
+class BatchRandom(Protocol):
+    """Randomness of an objective. ``draw(fn)`` calls ``fn(n)`` to make ``[n, ...]`` values for the n
+    items of the *global* micro-batch and returns this process's rows, so N processes train like
+    one (``fn`` must use :attr:`generator`); :meth:`uniform` is ``[B]`` U(0, 1) draws through it."""
+
+    generator: torch.Generator
+
+    def draw(self, fn: Callable[[int], Tensor]) -> Tensor: ...
+
+    def uniform(self, n: int) -> Tensor: ...
+
+
+class LocalRandom:
+    """:class:`BatchRandom` for one process: the global micro-batch is the local one."""
+
+    def __init__(self, generator: torch.Generator, batch: int) -> None:
+        self.generator, self.batch = generator, batch
+
+    def draw(self, fn: Callable[[int], Tensor]) -> Tensor:
+        return fn(self.batch)
+
+    def uniform(self, n: int) -> Tensor:
+        if n != self.batch:
+            raise ValueError(f"uniform draws one value per item of the micro-batch ({self.batch}), asked for {n}")
+        return torch.rand(n, generator=self.generator, device=self.generator.device)
+
+
+ConditioningHook = Callable[[Tensor, Any, BatchRandom], "tuple[Any, Optional[Tensor]]"]
+
+
+@dataclass
+class DiffusionObjective:
+    """The denoising objective (:func:`diffusion_loss`) with its conditioning hooks, as a configured
+    callable ``objective(parts, batch, rng) -> (loss, logs)``.
+
+    ``parts["model"]`` is the network ``net(z_t, logsnr, cond)``. ``hooks`` run in order on the
+    batch's conditioning before noise is drawn, each ``hook(x, cond, rng) -> (cond, frame_weight)``
+    (``frame_weight [B, F]`` or None; weights multiply): e.g. dropping text / labels for
+    classifier-free guidance, adding known context frames. Random draws, in order: the hooks', then
+    t, then the noise, all through ``rng``. ``logs`` are detached scalar tensors (no host sync).
+    """
+
+    schedule: Schedule
+    parameterization: Parameterization = "v"
+    weighting: str = "v"
+    min_snr_gamma: float = 5.0
+    t_sampling: str = "stratified"
+    hooks: tuple = ()
+
+    def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
+        x, cond, frame_weight = batch.x, batch.cond, None
+        for hook in self.hooks:
+            cond, weight = hook(x, cond, rng)
+            if weight is not None:
+                frame_weight = weight if frame_weight is None else frame_weight * weight
+        t = rng.draw(lambda n: sample_t(n, self.t_sampling, generator=rng.generator, device=x.device))
+        noise = rng.draw(lambda n: torch.randn((n, *x.shape[1:]), generator=rng.generator, device=x.device,
+                                               dtype=x.dtype))
+        out = diffusion_loss(parts["model"], x, cond, schedule=self.schedule, parameterization=self.parameterization,
+                             weighting=self.weighting, min_snr_gamma=self.min_snr_gamma, t=t, noise=noise,
+                             frame_weight=frame_weight)
+        return out.loss, {"loss": out.loss.detach()}

@@ -24,9 +24,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from kinema.diffusion.objective import Prediction
+from kinema.diffusion.objective import Denoise, Prediction
 
-Denoise = Callable[[Tensor, Tensor], Prediction]
 Callback = Optional[Callable[[int, int, Tensor, Tensor], None]]
 
 

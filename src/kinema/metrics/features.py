@@ -20,12 +20,12 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kinema.metrics.frechet import GaussianStats
+from kinema.resize import resize_frames
 
 I3D_SIZE = 224
 INCEPTION_SIZE = 299
@@ -42,23 +42,16 @@ def to_rgb_float(images: Tensor) -> Tensor:
     return x.expand(*x.shape[:-3], 3, *x.shape[-2:]) if c == 1 else x
 
 
-def resize_frames(x: Tensor, size: int) -> Tensor:
-    """Bilinear resize of frames ``[N, 3, H, W]`` to ``size x size`` (align_corners=False, no antialias)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-
-
 def preprocess_i3d(clips: Tensor, size: int = I3D_SIZE) -> Tensor:
     """uint8 clips ``[B, F, H, W, C]`` -> I3D input ``[B, 3, F, size, size]`` in [-1, 1]."""
     b = clips.shape[0]
-    frames = resize_frames(to_rgb_float(rearrange(clips, "b f h w c -> (b f) h w c")), size)
+    frames = resize_frames(to_rgb_float(rearrange(clips, "b f h w c -> (b f) h w c")), size, antialias=False)
     return rearrange(frames, "(b f) c h w -> b c f h w", b=b)
 
 
 def preprocess_inception(clips: Tensor, size: int = INCEPTION_SIZE) -> Tensor:
     """uint8 clips ``[B, F, H, W, C]`` -> Inception input, one image per frame ``[B*F, 3, size, size]``."""
-    return resize_frames(to_rgb_float(rearrange(clips, "b f h w c -> (b f) h w c")), size)
+    return resize_frames(to_rgb_float(rearrange(clips, "b f h w c -> (b f) h w c")), size, antialias=False)
 
 
 def _batches(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

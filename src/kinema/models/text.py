@@ -245,8 +245,9 @@ class TextConditioned(nn.Module):
             self.frozen_text_encoder = text_encoder  # plain attribute: not a parameter, not saved
 
     @property
-    def cfg(self):
-        return self.net.cfg
+    def spec(self):
+        """The backbone's :class:`~kinema.models.backbone.BackboneSpec`."""
+        return self.net.spec
 
     def encoder(self):
         return self.text_encoder if "text_encoder" in self._modules else self.frozen_text_encoder

@@ -16,8 +16,8 @@ parameterization the trainer chose; the model never sees the schedule.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-import dataclasses
 from typing import Optional
 
 import torch
@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kinema.models.attention import SpatialAttention, TemporalAttention, TextCrossAttention
-from kinema.models.blocks import (Downsample, NoiseLevelEmbedding, ResBlock, TemporalConv, Upsample, group_norm,
-                                  space_conv, zero_init_residual_outputs)
+from kinema.models.backbone import BackboneSpec
+from kinema.models.blocks import Downsample, ResBlock, TemporalConv, Upsample, group_norm, space_conv, zero_init_residual_outputs
+from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
 
 @dataclass
@@ -50,10 +51,16 @@ class UNetConfig:
     text_dim: int = 0  # > 0: text-conditional on cond.text_emb [B, L, text_dim] (cross-attention + pooled)
     gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
     norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
+    scalar_conditions: tuple[str, ...] = ()  # embedded cond fields: lowres_logsnr | guidance_weight | fps
 
     def __post_init__(self) -> None:
         self.dim_mults = tuple(self.dim_mults)
         self.attn_levels = tuple(self.attn_levels)
+        self.scalar_conditions = tuple(self.scalar_conditions)
+        unknown = sorted(set(self.scalar_conditions) - set(SCALAR_CONDITIONS))
+        if unknown:
+            raise ValueError(f"UNetConfig.scalar_conditions has unknown names {unknown}; valid: "
+                             f"{', '.join(sorted(SCALAR_CONDITIONS))}")
         for name in ("in_channels", "dim", "num_res_blocks", "head_dim", "norm_groups", "rel_pos_max_distance"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -118,8 +125,10 @@ class UNet3D(nn.Module):
     -> [B, out_channels, F, H, W]``; H and W divisible by ``2 ** (len(dim_mults) - 1)``; any F >= 1.
     Reads ``cond.class_labels`` (if ``num_classes > 0``; missing = the null label),
     ``cond.text_emb`` + ``cond.text_mask`` (if ``text_dim > 0``; missing = the null text),
-    ``cond.frame_segments`` (temporal masking) and, if ``extra_in_channels > 0``, ``cond.lowres``
-    and/or ``cond.context`` (+ ``context_mask``), see :meth:`extra_inputs`.
+    ``cond.frame_segments`` (temporal masking), if ``extra_in_channels > 0`` ``cond.lowres``
+    and/or ``cond.context`` (+ ``context_mask``, see
+    :func:`~kinema.models.embeddings.conditioning_channels`) and the ``scalar_conditions``. The
+    conditioning embedders are the shared :class:`~kinema.models.embeddings.ConditioningEmbedding`.
 
     Text conditioning (``text_dim > 0``) takes two routes, both as in Imagen (Saharia et al. 2022,
     section 2.1 and appendix), whose U-Net Imagen Video reuses:
@@ -142,11 +151,8 @@ class UNet3D(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim, emb_dim = cfg.dim, 4 * cfg.dim
-        self.noise_embedding = NoiseLevelEmbedding(dim, emb_dim)
-        self.class_embedding = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
-        if cfg.text_dim > 0:
-            self.text_norm = nn.LayerNorm(cfg.text_dim)
-            self.text_pool = nn.Linear(cfg.text_dim, emb_dim)
+        self.embedding = ConditioningEmbedding(dim, emb_dim, num_classes=cfg.num_classes, text_dim=cfg.text_dim,
+                                               scalars=cfg.scalar_conditions)
         self.conv_in = space_conv(cfg.in_channels + cfg.extra_in_channels, dim)
 
         levels = len(cfg.dim_mults)
@@ -202,13 +208,25 @@ class UNet3D(nn.Module):
         projections, ``TemporalConv.out``) and the final ``conv_out``. So every block starts as the
         identity (skip path only) and a fresh model outputs exactly 0, while gradients still reach
         every layer through the skip paths (ADM, Dhariwal & Nichol 2021; "Fixup"-style residual
-        init). Everything else keeps PyTorch's default (Kaiming-uniform) initialization."""
+        init). The output layers of optional scalar-condition embeddings are zero too. Everything else keeps PyTorch's default (Kaiming-uniform) initialization."""
         zero_init_residual_outputs(self)
+        self.embedding.zero_init()  # optional scalar conditions start as no-ops
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def spec(self) -> BackboneSpec:
+        cfg = self.cfg
+        reads = ["frame_segments"] + (["class_labels"] if cfg.num_classes else []) + (["text"] if cfg.text_dim else [])
+        if cfg.extra_in_channels:
+            reads += ["lowres", "context"]
+        return BackboneSpec(in_channels=cfg.in_channels, out_channels=cfg.output_channels,
+                            extra_in_channels=cfg.extra_in_channels, text_dim=cfg.text_dim,
+                            num_classes=cfg.num_classes, size_multiple=cfg.downsample_factor,
+                            reads=tuple(reads + list(cfg.scalar_conditions)))
 
     # ---- forward --------------------------------------------------------------------------------
 
@@ -237,72 +255,11 @@ class UNet3D(nn.Module):
         if text is not None and mask is not None and tuple(mask.shape) != tuple(text.shape[:2]):
             raise ValueError(f"cond.text_mask must have shape [B, L] = {list(text.shape[:2])}, got {tuple(mask.shape)}")
 
-    def embedding(self, logsnr: Tensor, cond, batch: int) -> Tensor:
-        """Noise-level embedding plus the class embedding (null label when none given) plus the pooled
-        text embedding (the null text when none given): ``[B, 4 dim]``."""
-        emb = self.noise_embedding(logsnr.expand(batch))
-        if self.class_embedding is not None:
-            labels = getattr(cond, "class_labels", None)
-            if labels is None:
-                labels = torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=emb.device)
-            elif labels.device.type == "cpu" and (labels >= self.cfg.num_classes).any():  # no host sync on GPU
-                raise ValueError(f"class label {int(labels.max())} out of range for num_classes="
-                                 f"{self.cfg.num_classes} (labels 0..{self.cfg.num_classes - 1}, or -1 for none)")
-            labels = torch.where(labels < 0, torch.full_like(labels, self.cfg.num_classes), labels)
-            emb = emb + self.class_embedding(labels)
-        if self.cfg.text_dim > 0:  # cond.text_emb is already LayerNorm'ed (forward); no text = the null text
-            text = getattr(cond, "text_emb", None)
-            pooled = (emb.new_zeros(batch, self.cfg.text_dim) if text is None
-                      else pooled_text(text, getattr(cond, "text_mask", None)))
-            emb = emb + self.text_pool(pooled)
-        return emb
-
-    def _normalized_text(self, cond):
-        """``cond`` with ``text_emb`` LayerNorm'ed (a copy; ``cond`` itself is not modified)."""
-        if self.cfg.text_dim == 0 or getattr(cond, "text_emb", None) is None:
-            return cond
-        return dataclasses.replace(cond, text_emb=self.text_norm(cond.text_emb))
-
-    def extra_inputs(self, z: Tensor, cond) -> Optional[Tensor]:
-        """The ``extra_in_channels`` channels concatenated to z, from ``cond`` (in this order):
-
-        - ``cond.lowres [B, C, F', H', W']``, brought to z's frames and size as Imagen Video does
-          (frames repeated, i.e. nearest in time; bilinear in space);
-        - ``cond.context [B, C, F, H, W]`` times ``cond.context_mask [B, F]``, then the mask itself as
-          one channel (known frames for prediction / interpolation models).
-        """
-        if self.cfg.extra_in_channels == 0:
-            return None
-        b, _, f, h, w = z.shape
-        parts = []
-        lowres = getattr(cond, "lowres", None)
-        if lowres is not None:
-            if lowres.shape[2] != f:
-                lowres = F.interpolate(lowres, size=(f, lowres.shape[3], lowres.shape[4]), mode="nearest")
-            if lowres.shape[-2:] != (h, w):
-                frames = lowres.transpose(1, 2).flatten(0, 1)  # '(b f) c h w'
-                frames = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False)
-                lowres = frames.unflatten(0, (b, f)).transpose(1, 2)
-            parts.append(lowres.to(z.dtype))
-        context = getattr(cond, "context", None)
-        if context is not None:
-            mask = getattr(cond, "context_mask", None)
-            if mask is None:
-                raise ValueError("cond.context needs cond.context_mask [B, F] (True where a frame is known)")
-            mask = mask.to(z.dtype)[:, None, :, None, None].expand(b, 1, f, h, w)  # [B, 1, F, H, W]
-            parts += [context.to(z.dtype) * mask, mask]
-        got = sum(p.shape[1] for p in parts)
-        if got != self.cfg.extra_in_channels:
-            raise ValueError(f"UNet3D was built with extra_in_channels={self.cfg.extra_in_channels} but cond gives "
-                             f"{got} (lowres: {None if lowres is None else tuple(lowres.shape)}, "
-                             f"context: {None if context is None else tuple(context.shape)})")
-        return torch.cat(parts, dim=1)
-
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         self._check(z, logsnr, cond)
-        cond = self._normalized_text(cond)
+        cond = self.embedding.normalize_text(cond)
         emb = self.embedding(logsnr, cond, z.shape[0])  # [B, 4 dim]
-        extra = self.extra_inputs(z, cond)
+        extra = conditioning_channels(z, cond, self.cfg.extra_in_channels, "UNet3D")
         h = self.conv_in(z if extra is None else torch.cat([z, extra], dim=1))  # [B, dim, F, H, W]
         skips = [h]
         for block in self.down:
@@ -320,13 +277,22 @@ class UNet3D(nn.Module):
         return block(h, emb, cond)
 
 
-def pooled_text(text_emb: Tensor, text_mask: Optional[Tensor]) -> Tensor:
-    """Mean of the real tokens: ``text_emb [B, L, D]``, ``text_mask [B, L]`` -> ``[B, D]``; 0 for an
-    all-False mask (the null text), never NaN."""
-    if text_mask is None:
-        return text_emb.mean(dim=1)
-    m = text_mask.to(text_emb.dtype)[..., None]  # [B, L, 1]
-    return (text_emb * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+# Tensor names of checkpoint format 1 (before the shared conditioning embedders) -> today's names.
+_V1_RENAMES = [(re.compile(r"(^|\.)noise_embedding\."), r"\1embedding.noise."),
+               (re.compile(r"(^|\.)class_embedding\.weight$"), r"\1embedding.classes.table.weight"),
+               (re.compile(r"(^|\.)text_norm\."), r"\1embedding.text.norm."),
+               (re.compile(r"(^|\.)text_pool\."), r"\1embedding.text.pool.")]
 
 
-__all__ = ["UNet3D", "UNetBlock", "UNetConfig", "pooled_text"]
+def upgrade_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the tensors of a format-1 checkpoint (kinema <= 0.1, written before the conditioning
+    embedders became shared modules) to today's names; values are unchanged."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _V1_RENAMES:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+__all__ = ["UNet3D", "UNetBlock", "UNetConfig", "upgrade_v1_state"]

@@ -24,7 +24,7 @@ from kinema.metrics.i3d import load_i3d, sha256_file
 from kinema.metrics.inception import load_inception
 from kinema.metrics.similarity import psnr, ssim
 from kinema.metrics.sources import ClipSet, load_clips
-from kinema.pipelines.build import resolve_device
+from kinema.system import resolve_device
 
 METRICS = ("fvd", "fid", "psnr", "ssim")
 
@@ -40,11 +40,12 @@ def sampled_clips(checkpoint: str | Path, num: int, frames: Optional[int] = None
                   progress: bool = True) -> ClipSet:
     """Draw ``num`` clips from a checkpoint (EMA weights) as uint8 ``[F, H, W, C]``."""
     from kinema.data.io import to_uint8
-    from kinema.pipelines.build import load_from_checkpoint
     from kinema.pipelines.sample import sample_videos
+    from kinema.system import load_system
 
-    model, cfg, ckpt = load_from_checkpoint(checkpoint, device=device)
-    videos = sample_videos(model, cfg, num, steps=steps, sampler=sampler, seed=seed, frames=frames,
+    system, ckpt = load_system(checkpoint, device=device)
+    cfg = system.cfg
+    videos = sample_videos(system, num, steps=steps, sampler=sampler, seed=seed, frames=frames,
                            batch_size=batch_size, progress=progress)
     clips = to_uint8(videos)  # [N, F, H, W, C]
     tag = f"{ckpt}:{sampler or cfg.sample.sampler}:{steps or cfg.sample.steps}:{seed}"

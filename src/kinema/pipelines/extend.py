@@ -11,6 +11,11 @@ x^b, conditioned on x^a by one of three methods:
   ``Conditioning.context`` (``train.context``), optionally with classifier-free guidance over the
   context (weight w, the null being no known frame).
 
+A text- or class-conditional model is extended under the same conditioning as ``kinema sample``
+(``cond`` with prompts / labels, classifier-free guidance weight ``guidance``), kept apart from the
+reconstruction weight w_r (``recon_weight``). Windows are sampled in the system's space (decoded at
+the end), so the pipeline does not assume pixels.
+
 Only one window of W frames is ever on the device: memory is independent of N. The output keeps the
 input frames unchanged and appends the generated ones, exactly N frames in all.
 """
@@ -22,17 +27,17 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from kinema.conditioning import Conditioning, drop_conditioning, with_context
-from kinema.config import KinemaConfig
-from kinema.diffusion.guidance import (frame_selection, guided_denoiser, reconstruction_guidance, replacement,
-                                       resize_frames)
-from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, is_context_model
+from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context
+from kinema.diffusion.guidance import frame_selection, guided_denoiser, reconstruction_guidance, replacement
+from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, label_guided, labelled
+from kinema.resize import resize_video
+from kinema.system import System
 
 METHODS = ("reconstruction", "replacement", "context")
-DEFAULT_GUIDANCE = {"reconstruction": 5.0, "replacement": 0.0, "context": 0.0}
+DEFAULT_RECON_WEIGHT = 5.0  # w_r of reconstruction guidance for extension (tuned on the exact-Gaussian test)
 
 
 def read_clip(path: str | Path, channels: int, size: Optional[int] = None, max_frames: Optional[int] = None) -> Tensor:
@@ -45,18 +50,18 @@ def read_clip(path: str | Path, channels: int, size: Optional[int] = None, max_f
         video = video.mean(dim=1, keepdim=True)
     elif channels != 3:
         raise ValueError(f"cannot read a video for a model with {channels} channels (1 or 3 supported)")
-    if size is not None and tuple(video.shape[-2:]) != (size, size):
-        video = resize_frames(video, (size, size)).clamp(-1, 1)
+    if size is not None:
+        video = resize_video(video, size).clamp(-1, 1)
     return video
 
 
-def as_batch(video: Tensor, cfg: KinemaConfig, what: str = "video") -> Tensor:
+def as_batch(video: Tensor, system: System, what: str = "video") -> Tensor:
     """``[C, F, H, W]`` or ``[B, C, F, H, W]`` -> ``[B, C, F, H, W]``, checked against the model's channels."""
     if video.ndim == 4:
         video = video[None]
-    if video.ndim != 5 or video.shape[1] != cfg.model.unet.in_channels:
-        raise ValueError(f"expected a {what} [B, {cfg.model.unet.in_channels}, F, H, W] for this model, got shape "
-                         f"{tuple(video.shape)}")
+    if video.ndim != 5:
+        raise ValueError(f"expected a {what} [B, C, F, H, W], got shape {tuple(video.shape)}")
+    system.space.check_channels(video.shape[1], f"the {what} (shape {tuple(video.shape)})")
     return video
 
 
@@ -74,56 +79,65 @@ def window_plan(have: int, total: int, window: int, overlap: int) -> list[int]:
     return [min(step, total - have - i * step) for i in range(math.ceil((total - have) / step))]
 
 
-def conditional_denoiser(model: nn.Module, cfg: KinemaConfig, method: str, x_a: Tensor, known: Tensor,
-                         guidance: float, *, generator: Optional[torch.Generator] = None,
+def conditional_denoiser(system: System, method: str, x_a: Tensor, known: Tensor, *, guidance: float = 0.0,
+                         recon_weight: float = DEFAULT_RECON_WEIGHT, generator: Optional[torch.Generator] = None,
                          precision: str = "auto", cond: Optional[Conditioning] = None):
     """A sampler-ready ``denoise(z, logsnr)`` for sampling the frames of ``x_a [B, C, F, H, W]`` where
     ``known [B, F]`` is False, given those where it is True, by ``method`` (see the module
-    docstring); ``guidance`` is w_r for reconstruction and the classifier-free weight for context.
+    docstring). ``guidance`` is the classifier-free weight (over ``cond``'s text / labels, and for
+    ``context`` over the known frames too); ``recon_weight`` is w_r of reconstruction guidance.
     Every method also overwrites the known part of z (replacement), so the sample keeps x^a there."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    with_amp = autocast_denoiser(model, cfg, precision)
+    with_amp = autocast_denoiser(system, precision)
     if method == "context":
-        if not is_context_model(cfg):
+        if not system.is_context_model:
             raise ValueError("method 'context' needs a model trained with context frames (train.context.max_frames "
                              "> 0, e.g. the vdm_moving_digits_context preset); use reconstruction or replacement")
-        most = int(known.sum(1).max())
-        if most > cfg.train.context.max_frames:
+        most, allowed = int(known.sum(1).max()), system.cfg.train.context.max_frames
+        if most > allowed:
             raise ValueError(f"{most} known frames, but the model was trained with at most "
-                             f"train.context.max_frames={cfg.train.context.max_frames}; lower the overlap")
+                             f"train.context.max_frames={allowed}; lower the overlap")
         c = with_context(cond, x_a, known)
-        denoise = guided_denoiser(with_amp, c, drop_conditioning(c, fields=("context",)), guidance)
+        fields = ("context",) + (LABEL_FIELDS if labelled(c) else ())
+        denoise = guided_denoiser(with_amp, c, drop_conditioning(c, fields=fields), guidance)
     else:
-        c = complete_context(cfg, cond, x_a)
-        denoise = lambda z, logsnr: with_amp(z, logsnr, c)  # noqa: E731
-        if method == "reconstruction" and guidance != 0:
+        denoise = label_guided(with_amp, complete_context(system, cond, x_a), guidance)
+        if method == "reconstruction" and recon_weight != 0:
             view = known[:, None, :, None, None].to(x_a.dtype)
-            denoise = reconstruction_guidance(denoise, x_a * view, frame_selection(known), guidance, correct=~known)
+            denoise = reconstruction_guidance(denoise, x_a * view, frame_selection(known), recon_weight,
+                                              correct=~known)
     return replacement(denoise, x_a, known, generator=generator)
 
 
-def extend_video(model: nn.Module, cfg: KinemaConfig, video: Tensor, frames: int, *, method: str = "reconstruction",
+def extend_video(system: System, video: Tensor, frames: int, *, method: str = "reconstruction",
                  overlap: Optional[int] = None, window: Optional[int] = None, guidance: Optional[float] = None,
+                 recon_weight: Optional[float] = None, cond: Optional[Conditioning] = None,
                  steps: Optional[int] = None, sampler: Optional[str] = None, eta: Optional[float] = None,
                  seed: int = 0, precision: str = "auto", progress: bool = True) -> Tensor:
     """Extend ``video [B, C, F0, H, W]`` (or ``[C, F0, H, W]``) in [-1, 1] to exactly ``frames`` frames.
 
-    ``window`` frames per model call (default: ``data.num_frames``, the training length), the last
-    ``overlap`` of them known (default: half the window); a shorter last window is sampled at full
-    length and cut. Returns float32 ``[B, C, frames, H, W]`` on
-    CPU whose first F0 frames are the input. Reproducible given ``seed``.
+    ``window`` frames per model call (default: the training length), the last ``overlap`` of them
+    known (default: half the window); a shorter last window is sampled at full length and cut.
+    ``cond`` (``[B, ...]``, e.g. from ``make_conditioning``) conditions every window, with
+    classifier-free weight ``guidance`` (default ``sample.guidance``); ``recon_weight`` is w_r
+    (default :data:`DEFAULT_RECON_WEIGHT`). Returns float32 ``[B, C, frames, H, W]`` on CPU whose
+    first F0 frames are the input. Reproducible given ``seed``.
     """
-    video = as_batch(video, cfg, "video")
-    window = window or cfg.data.num_frames
+    video = as_batch(video, system, "video")
+    window = window or system.space.frames
     overlap = overlap or window // 2
     plan = window_plan(video.shape[2], frames, window, overlap)
-    guidance = DEFAULT_GUIDANCE[method] if guidance is None else guidance
-    run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta)
-    device = next(model.parameters()).device
+    guidance = system.cfg.sample.guidance if guidance is None else guidance
+    recon_weight = DEFAULT_RECON_WEIGHT if recon_weight is None else recon_weight
+    run = SamplerSettings.from_system(system, steps=steps, sampler=sampler, eta=eta)
+    device = system.device
     generator = torch.Generator(device).manual_seed(seed)
-    out = [video.float().cpu()]
-    tail = video[:, :, -overlap:].to(device, torch.float32)  # the known frames of the next window
+    if cond is not None:
+        cond = cond.to(device)
+    z_video = system.space.encode(video.to(device, torch.float32))
+    out = [z_video.cpu()]
+    tail = z_video[:, :, -overlap:]  # the known frames of the next window
     bar = tqdm(total=len(plan) * run.steps, desc=f"extend ({len(plan)} windows)", unit="step", disable=not progress)
     with torch.no_grad() if method == "reconstruction" else torch.inference_mode():
         for new in plan:  # every window has the full length (a shorter last one is cut afterwards)
@@ -131,12 +145,12 @@ def extend_video(model: nn.Module, cfg: KinemaConfig, video: Tensor, frames: int
             x_a = torch.cat([tail, tail.new_zeros(b, c, window - overlap, h, w)], dim=2)  # [B, C, W, H, W]
             known = torch.zeros(b, window, dtype=torch.bool, device=device)
             known[:, :overlap] = True
-            denoise = conditional_denoiser(model, cfg, method, x_a, known, guidance, generator=generator,
-                                           precision=precision)
+            denoise = conditional_denoiser(system, method, x_a, known, guidance=guidance, recon_weight=recon_weight,
+                                           generator=generator, precision=precision, cond=cond)
             z = torch.randn(x_a.shape, generator=generator, device=device)
-            sample = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1)).float().clamp(-1, 1)
+            sample = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1)).float()
             sample = sample[:, :, :overlap + new]  # [known tail, new frames]; the known part is kept exactly
             out.append(sample[:, :, overlap:].cpu())
             tail = sample[:, :, -overlap:]
     bar.close()
-    return torch.cat(out, dim=2)
+    return system.space.decode(torch.cat(out, dim=2))

@@ -1,48 +1,48 @@
 """Spatial super-resolution with an unconditional high-resolution model (VDM, Ho et al. 2022,
 section 3.1, eq. 8): sample a high-resolution video whose downsampled version matches a given
 low-resolution video, by reconstruction guidance through a (differentiable, antialiased bilinear)
-downsampling operator."""
+downsampling operator. A text- or class-conditional model samples under its conditioning, with
+classifier-free weight ``guidance`` kept apart from the reconstruction weight ``recon_weight``."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from kinema.config import KinemaConfig
+from kinema.conditioning import Conditioning
 from kinema.diffusion.guidance import reconstruction_guidance, spatial_downsampling
 from kinema.pipelines.extend import as_batch
-from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context
+from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, label_guided
+from kinema.system import System
 
-DEFAULT_GUIDANCE = 10.0
+DEFAULT_RECON_WEIGHT = 10.0  # w_r of reconstruction guidance for upsampling (tuned on the exact-Gaussian test)
 
 
-def upsample_video(model: nn.Module, cfg: KinemaConfig, lowres: Tensor, *, size: Optional[int] = None,
-                   guidance: float = DEFAULT_GUIDANCE, steps: Optional[int] = None, sampler: Optional[str] = None,
+def upsample_video(system: System, lowres: Tensor, *, size: Optional[int] = None,
+                   recon_weight: float = DEFAULT_RECON_WEIGHT, guidance: Optional[float] = None,
+                   cond: Optional[Conditioning] = None, steps: Optional[int] = None, sampler: Optional[str] = None,
                    eta: Optional[float] = None, seed: int = 0, precision: str = "auto",
                    progress: bool = True) -> Tensor:
     """``lowres [B, C, F, h, w]`` (or ``[C, F, h, w]``) in [-1, 1] -> float32 ``[B, C, F, size, size]`` on
-    CPU, ``size`` defaulting to the model's ``data.size``; ``guidance`` is w_r. All F frames are
-    sampled as one window (use the model's training length, or a length it generalizes to)."""
-    lowres = as_batch(lowres, cfg, "low-resolution video")
-    size = size or cfg.data.size
+    CPU, ``size`` defaulting to the model's training size; ``recon_weight`` is w_r, ``guidance`` the
+    classifier-free weight over ``cond`` (default ``sample.guidance``). All F frames are sampled as
+    one window (use the model's training length, or a length it generalizes to)."""
+    lowres = as_batch(lowres, system, "low-resolution video")
+    size = system.space.size if size is None else size
     if min(lowres.shape[-2:]) > size:
         raise ValueError(f"the input ({lowres.shape[-2]}x{lowres.shape[-1]}) is larger than the target size {size}")
-    run = SamplerSettings.from_config(cfg, steps=steps, sampler=sampler, eta=eta)
-    device = next(model.parameters()).device
+    guidance = system.cfg.sample.guidance if guidance is None else guidance
+    run = SamplerSettings.from_system(system, steps=steps, sampler=sampler, eta=eta)
+    device = system.device
     generator = torch.Generator(device).manual_seed(seed)
     y = lowres.to(device, torch.float32)
-    b, c, f = y.shape[:3]
-    z = torch.randn((b, c, f, size, size), generator=generator, device=device)
-    cond = complete_context(cfg, None, z)
-    net = autocast_denoiser(model, cfg, precision)
-
-    def denoise(z_, logsnr):
-        return net(z_, logsnr, cond)
-
-    guided = reconstruction_guidance(denoise, y, spatial_downsampling(tuple(y.shape[-2:])), guidance)
+    z = torch.randn((y.shape[0], *system.space.shape(y.shape[2], size)), generator=generator, device=device)
+    c = complete_context(system, cond.to(device) if cond is not None else None, z)
+    denoise = label_guided(autocast_denoiser(system, precision), c, guidance)
+    guided = reconstruction_guidance(denoise, y, spatial_downsampling(tuple(y.shape[-2:])), recon_weight)
     with tqdm(total=run.steps, desc="upsample", unit="step", disable=not progress) as bar, torch.no_grad():
         video = run(guided, z, generator=generator, callback=lambda *a: bar.update(1))
-    return video.float().clamp(-1, 1).cpu()
+    return system.space.decode(video).cpu()

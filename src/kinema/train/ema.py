@@ -9,7 +9,8 @@ from kinema.train.distributed import full_tensor, shard_like
 
 
 class EMA:
-    """Shadow copy of a model's floating-point parameters and buffers, updated as
+    """Shadow copy of a model's trainable parameters (those with ``requires_grad``: frozen layers
+    never change, so averaging them would only cost memory), updated as
     shadow <- d * shadow + (1 - d) * param, with d = min(decay, (1 + step) / (10 + step)) when
     ``warmup`` is on (so early averages are not dominated by the random initialization).
     The shadow lives in float32 on the model's device, laid out like the parameters: under FSDP each
@@ -20,8 +21,7 @@ class EMA:
             raise ValueError(f"ema decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.warmup = warmup
-        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()
-                       if v.dtype.is_floating_point}
+        self.shadow = {k: v.detach().float().clone() for k, v in model.named_parameters() if v.requires_grad}
 
     def current_decay(self, step: int) -> float:
         if self.warmup:
@@ -31,7 +31,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = self.current_decay(step)
-        state = model.state_dict()
+        state = dict(model.named_parameters())
         keys = list(self.shadow)
         shadow = [self.shadow[k] for k in keys]
         params = [state[k].detach().float() for k in keys]
@@ -54,6 +54,6 @@ class EMA:
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into ``model`` (cast to each tensor's dtype)."""
-        state = model.state_dict()
+        state = dict(model.named_parameters())
         for k, v in self.shadow.items():
             state[k].copy_(v.to(state[k].dtype))

@@ -1,6 +1,8 @@
 """The training loop: a small step function, and a loop that calls hooks around it.
 
-``Trainer(cfg).fit()`` trains ``cfg.model`` on ``cfg.data`` with AdamW, linear warmup, gradient
+``Trainer(cfg).fit()`` trains the trainable parts of the system ``cfg`` describes
+(:mod:`kinema.system`) on ``cfg.data`` by running its objective (``objective(parts, batch, rng) ->
+(loss, logs)``, :mod:`kinema.diffusion.objective`; the trainer itself knows no diffusion) with AdamW, linear warmup, gradient
 clipping and accumulation, an EMA of the weights, bf16 autocast on CUDA (fp32 on CPU), atomic
 checkpoints and exact resume, JSONL / TensorBoard logs, a progress bar, preview GIFs and a
 loss-curve PNG. A NaN/inf loss stops the run with a message naming the step.
@@ -25,13 +27,15 @@ from typing import Callable, Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 
-from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
+from kinema import checkpoint as ckpt_io
+from kinema.conditioning import Conditioning
 from kinema.config import KinemaConfig, save_config, to_yaml
-from kinema.diffusion.objective import diffusion_loss, sample_t
+from kinema.diffusion.objective import TrainBatch
+from kinema.data.io import write_video
 from kinema.models.text import TextConditioned
-from kinema.pipelines.build import autocast, autocast_dtype, build_model, build_schedule, resolve_device
-from kinema.train import checkpoint as ckpt_io
-from kinema.train.context import add_context, check_context_config
+from kinema.pipelines.sample import make_conditioning, sample_videos
+from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
+                           ckpt_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
                                      gather_objects, is_main, local_slice, print0, rank, wrap_for_parallel, world_size)
 from kinema.train.ema import EMA
@@ -79,20 +83,20 @@ def batch_to_inputs(batch: dict, device: torch.device, *, encode_text: Optional[
     return x, cond
 
 
-def drop_for_guidance(cond: Conditioning, rate: float, generator: Optional[torch.Generator] = None, *,
-                      rand: Optional[Callable[[int], torch.Tensor]] = None) -> Conditioning:
-    """Conditioning dropout for classifier-free guidance (Ho & Salimans 2021, Algorithm 1): each
-    item's text and class label are nulled with probability ``rate`` (by
-    :func:`kinema.conditioning.drop_conditioning`). Draws no random numbers for label-free batches.
-    ``rand(n) -> [n]`` U(0, 1) draws replace ``torch.rand(n, generator=generator)`` (the trainer
-    passes its rank-aware global draws)."""
-    if rate <= 0 or (cond.text_mask is None and cond.class_labels is None):
-        return cond
-    labels = cond.text_mask if cond.text_mask is not None else cond.class_labels
-    batch = labels.shape[0]
-    u = rand(batch) if rand is not None else torch.rand(batch, generator=generator, device=generator.device)
-    drop = u.to(labels.device) < rate
-    return drop_conditioning(cond, drop, fields=LABEL_FIELDS)
+class GlobalRandom:
+    """The objective's randomness (:class:`~kinema.diffusion.objective.BatchRandom`) for a trainer:
+    draws for the global micro-batch (all ranks) from the trainer's generator, this rank's rows
+    returned (:meth:`Trainer.draw_global`)."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.generator = trainer.generator
+
+    def draw(self, fn) -> torch.Tensor:
+        return self.trainer.draw_global(fn)
+
+    def uniform(self, n: int) -> torch.Tensor:
+        return self.trainer.uniform_global(n)
 
 
 @dataclass
@@ -126,12 +130,13 @@ class Trainer:
         self.amp = autocast_dtype(t.precision, self.device)
         self.out_dir = Path(t.out_dir).expanduser()
         torch.manual_seed(t.seed)  # the same initial weights on every rank
-        self.model = build_model(cfg).to(self.device)
+        self.system = build_system(cfg)
+        self.model = self.system.model.to(self.device)
         if rank() > 0:
             torch.manual_seed(t.seed + rank())  # but each rank its own dropout stream
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.schedule = build_schedule(cfg)
+        self.objective = build_objective(cfg)
         # One stream of t and noise for the global batch, identical on every rank (see draw_global).
         self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003)
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
@@ -140,13 +145,17 @@ class Trainer:
         self._check_conditioning(item)
         self.step = 0
         last = self._last_checkpoint() if resume else None
+        self._manifest = None
         if last is not None:  # whole weights go in before the model is sharded
-            ckpt_io.load_model_state(self.model, ckpt_io.load_weights(last, ema=False), last)
+            self._manifest = ckpt_io.load_manifest(last)
+            ckpt_io.check_frozen_parts(self._manifest, self.system.manifest(), last)
+            state = ckpt_io.load_part_state(last, MODEL, ema=False, manifest=self._manifest)
+            ckpt_io.load_model_state(self.model, state, last)
         self.net = self._wrap_model()
-        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)  # trainable parameters only
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
-                                           weight_decay=t.weight_decay, fused=fused)
+        self.optimizer = torch.optim.AdamW([p for _, p in named_trainable_parameters(self.model)], lr=t.lr,
+                                           betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, fused=fused)
         if last is not None:
             self._resume(last)
         self.history: list[dict] = []
@@ -154,21 +163,18 @@ class Trainer:
     # ---- setup helpers -----------------------------------------------------------------------------
 
     def _check_channels(self, item: dict) -> None:
-        u = self.cfg.model.unet
-        check_context_config(self.cfg.train.context, self.cfg.data.num_frames, u.in_channels, u.extra_in_channels)
-        channels = item["video"].shape[0]
-        if channels != u.in_channels:
-            raise ValueError(f"model.unet.in_channels={u.in_channels} but dataset '{self.cfg.data.dataset}' yields "
-                             f"{channels}-channel videos; set model.unet.in_channels={channels}")
+        spec, channels = self.system.spec, item["video"].shape[0]
+        if channels != spec.in_channels:
+            section = f"model.{ckpt_section(self.cfg)}"
+            raise ValueError(f"{section}.in_channels={spec.in_channels} but dataset '{self.cfg.data.dataset}' yields "
+                             f"{channels}-channel videos; set {section}.in_channels={channels}")
 
     def _check_conditioning(self, item: dict) -> None:
-        d, u, t = self.cfg.data, self.cfg.model.unet, self.cfg.train
-        if not 0.0 <= t.cond_dropout < 1.0:
-            raise ValueError(f"train.cond_dropout must be in [0, 1), got {t.cond_dropout}")
+        d, spec = self.cfg.data, self.system.spec
         if d.class_key is not None:
-            if u.num_classes < 1:
+            if spec.num_classes < 1:
                 raise ValueError(f"data.class_key={d.class_key!r} needs a class-conditional model: set "
-                                 f"model.unet.num_classes to the number of classes")
+                                 f"model.{ckpt_section(self.cfg)}.num_classes to the number of classes")
             if d.class_key not in item:
                 raise ValueError(f"data.class_key={d.class_key!r} is not a key of the '{d.dataset}' items "
                                  f"(keys: {sorted(item)})")
@@ -206,7 +212,7 @@ class Trainer:
         """Optimizer, EMA, step and RNG state from checkpoint ``last`` (the weights are already in).
         Every rank reads the same files, so the world size may differ from the run that wrote them:
         data order and noise depend only on the step and the global batch."""
-        self.ema.load_state_dict(ckpt_io.load_weights(last, ema=True))
+        self.ema.load_state_dict(ckpt_io.load_part_state(last, MODEL, ema=True, manifest=self._manifest))
         state = ckpt_io.load_trainer_state(last)
         load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step = int(state["step"])
@@ -243,21 +249,14 @@ class Trainer:
         return self.draw_global(lambda m: torch.rand(m, generator=self.generator, device=self.device))
 
     def loss(self, batch: dict) -> torch.Tensor:
-        d = self.cfg.diffusion
+        """The objective's loss on one micro-batch (under bf16 autocast on CUDA)."""
         with autocast(self.device, self.amp):
             x, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
-        cond = drop_for_guidance(cond, self.cfg.train.cond_dropout, rand=self.uniform_global)
-        cond, frame_weight = add_context(x, cond, self.cfg.train.context, rand=self.uniform_global)  # context models
-        if self.cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        t = self.draw_global(lambda n: sample_t(n, d.t_sampling, generator=self.generator, device=x.device))
-        noise = self.draw_global(lambda n: torch.randn((n, *x.shape[1:]), generator=self.generator,
-                                                       device=x.device, dtype=x.dtype))
-        with autocast(self.device, self.amp):
-            out = diffusion_loss(self.net, x, cond, schedule=self.schedule, parameterization=d.parameterization,
-                                 weighting=d.weighting, min_snr_gamma=d.min_snr_gamma, t=t, noise=noise,
-                                 frame_weight=frame_weight)
-        return out.loss
+            x = self.system.space.encode(x)
+            if self.cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            loss, _ = self.objective({MODEL: self.net}, TrainBatch(x, cond, batch), GlobalRandom(self))
+        return loss
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
         """One optimizer step over ``grad_accum`` micro-batches. No host synchronization."""
@@ -383,7 +382,7 @@ class Trainer:
                                            trainer_state=state, config_yaml=to_yaml(self.cfg),
                                            meta={"model": self.cfg.model.name, "world_size": self.world,
                                                  "parallel": self.parallel},
-                                           keep_last=self.cfg.train.keep_last)
+                                           parts=self.system.manifest(), keep_last=self.cfg.train.keep_last)
         barrier()
         return path
 
@@ -394,11 +393,15 @@ class Trainer:
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
+    def ema_system(self) -> System:
+        """The system with :meth:`ema_model` as its model (what sampling uses)."""
+        return self.system.with_model(self.ema_model())
+
     def ema_model(self) -> torch.nn.Module:
         """A plain (unsharded) copy of the model holding the EMA weights, in eval mode. Under FSDP
         every rank must call it (the EMA shards are gathered)."""
         if self.parallel == "fsdp":
-            state = self.ema.state_dict(full=True)
+            state = {**self._model_state(), **self.ema.state_dict(full=True)}
             with torch.device("meta"):  # no initialization, no draw from the global RNG
                 model = build_model(self.cfg)
             model.load_state_dict(state, assign=True)
@@ -411,9 +414,6 @@ class Trainer:
         """Sample a few videos with the EMA weights and write them (GIF/MP4/PNG by extension).
         Rank 0 samples and writes; the other ranks return None (under FSDP after helping to gather
         the EMA weights)."""
-        from kinema.data.io import write_video
-        from kinema.pipelines.sample import sample_videos
-
         if self.parallel != "fsdp" and not is_main():
             return None
         t, d = self.cfg.train, self.cfg.data
@@ -421,13 +421,12 @@ class Trainer:
         model = self.ema_model()
         if not is_main():
             return None
-        from kinema.pipelines.sample import make_conditioning
-
+        system = self.system.with_model(model)
         items = [self.dataset[i % len(self.dataset)] for i in range(num)]  # preview the first items' labels
         prompts = [it["caption"] for it in items] if isinstance(model, TextConditioned) else None
         labels = [int(it[d.class_key]) for it in items] if d.class_key else None
-        cond = make_conditioning(model, num, prompts=prompts, class_labels=labels)
-        videos = sample_videos(model, self.cfg, num, steps=t.sample_steps, seed=t.seed, cond=cond, progress=False)
+        cond = make_conditioning(system, num, prompts=prompts, class_labels=labels)
+        videos = sample_videos(system, num, steps=t.sample_steps, seed=t.seed, cond=cond, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, videos, fps=self.cfg.sample.fps)
         return path

@@ -12,13 +12,24 @@ frames at both ends (interpolation). The network gets them through ``Conditionin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from kinema.conditioning import Conditioning, with_context
-from kinema.config import ContextConfig
+
+
+@dataclass
+class ContextConfig:
+    """Context-conditioned (prediction) models (``train.context`` in the config): each training item
+    gets a random number of clean known frames in ``Conditioning.context`` + ``context_mask`` (the
+    backbone needs ``extra_in_channels = in_channels + 1``); the loss skips the known frames."""
+
+    max_frames: int = 0  # 0: off. Else each item gets 0..max_frames known frames (< data.num_frames)
+    none_prob: float = 0.1  # share of items with no known frames: the model is also unconditional
+    interpolation_prob: float = 0.25  # share of conditioned items whose known frames are split over both ends
 
 
 def check_context_config(cfg: ContextConfig, num_frames: int, in_channels: int, extra_in_channels: int) -> None:
@@ -34,8 +45,9 @@ def check_context_config(cfg: ContextConfig, num_frames: int, in_channels: int, 
         raise ValueError(f"train.context.max_frames={cfg.max_frames} must be below data.num_frames={num_frames} "
                          f"(at least one frame has to be generated)")
     if extra_in_channels != in_channels + 1:
-        raise ValueError(f"train.context.max_frames={cfg.max_frames} needs model.unet.extra_in_channels = "
-                         f"in_channels + 1 = {in_channels + 1} (context frames and their mask), got {extra_in_channels}")
+        raise ValueError(f"train.context.max_frames={cfg.max_frames} needs a backbone with extra_in_channels = "
+                         f"in_channels + 1 = {in_channels + 1} (context frames and their mask; for the U-Net "
+                         f"model.unet.extra_in_channels), got {extra_in_channels}")
 
 
 def sample_context_mask(batch: int, frames: int, cfg: ContextConfig, *, generator: Optional[torch.Generator] = None,
@@ -74,3 +86,14 @@ def add_context(x: Tensor, cond: Conditioning, cfg: ContextConfig, generator: Op
     known = sample_context_mask(x.shape[0], x.shape[2], cfg, generator=generator, device=x.device, rand=rand,
                                 clip_frames=clip_frames)
     return with_context(cond, x, known), (~known).to(x.dtype)
+
+
+class ContextFrames:
+    """Objective hook (:class:`~kinema.diffusion.objective.DiffusionObjective`): :func:`add_context` with
+    the objective's rank-aware draws; a no-op when ``cfg.max_frames == 0``."""
+
+    def __init__(self, cfg: ContextConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, x: Tensor, cond: Conditioning, rng) -> tuple[Conditioning, Optional[Tensor]]:
+        return add_context(x, cond, self.cfg, rand=rng.uniform)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kinema.train import checkpoint as ck
+from kinema import checkpoint as ck
 from kinema.train.ema import EMA
 
 

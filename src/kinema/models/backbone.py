@@ -1,0 +1,136 @@
+"""What every backbone declares, and the registry that maps ``model.name`` to a backbone.
+
+A backbone is an ``nn.Module`` called as ``net(z_t, logsnr, cond) -> output`` (the denoiser
+contract, DESIGN.md section 3) with a :attr:`spec` property returning a :class:`BackboneSpec`:
+what it consumes and what it gives back. Code outside ``models/`` (trainer, spaces, pipelines,
+the CLI) reads the spec, never a backbone's config or private fields.
+
+A new backbone is one file in ``models/`` holding its config dataclass and its module, plus one
+:func:`register_backbone` call (kinema's own are registered in ``models/__init__.py``). The
+config section named by the registration (``model.<section>``) is then selected by
+``model.name`` and checked when the config loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from torch import nn
+
+# Conditioning fields (kinema.conditioning.Conditioning) a backbone may read.
+CONDITIONING_FIELDS = ("text", "class_labels", "context", "lowres", "lowres_logsnr", "fps", "guidance_weight",
+                       "frame_segments")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone consumes and produces.
+
+    ``in_channels``: channels of z_t (the space's channels); ``out_channels``: channels of the
+    output (same as z for the eps / x / v parameterizations); ``extra_in_channels``: channels the
+    backbone takes from ``cond`` besides z (low-resolution video, context frames + mask);
+    ``text_dim`` (0: none) and ``num_classes`` (0: none); ``size_multiple``: H and W must be
+    multiples of it; ``frame_multiple`` / ``min_frames``: the same for F; ``reads``: the
+    :data:`CONDITIONING_FIELDS` it uses (``frame_segments`` = it honours joint image-video masks).
+    """
+
+    in_channels: int
+    out_channels: int
+    extra_in_channels: int = 0
+    text_dim: int = 0
+    num_classes: int = 0
+    size_multiple: int = 1
+    frame_multiple: int = 1
+    min_frames: int = 1
+    reads: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.reads) - set(CONDITIONING_FIELDS))
+        if unknown:
+            raise ValueError(f"BackboneSpec.reads has unknown fields {unknown}; valid: {CONDITIONING_FIELDS}")
+
+    def check_video_shape(self, frames: int, height: int, width: int, what: str = "video") -> None:
+        """Raise a ValueError naming the constraint when a ``frames x height x width`` input cannot work."""
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(f"this backbone needs height and width divisible by {self.size_multiple}; the {what} "
+                             f"is {height}x{width}")
+        if frames < self.min_frames or frames % self.frame_multiple:
+            raise ValueError(f"this backbone needs at least {self.min_frames} frames, a multiple of "
+                             f"{self.frame_multiple}; the {what} has {frames}")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered backbone: its config dataclass, the module built from it, the config section it
+    lives under (``model.<section>``) and an optional ``upgrade_state(state) -> state`` that renames
+    the tensors of checkpoints written before the current checkpoint format (format 1)."""
+
+    name: str
+    config_cls: type
+    model_cls: Callable[..., nn.Module]
+    section: str
+    upgrade_state: Optional[Callable[[dict], dict]] = None
+
+
+_REGISTRY: dict[str, Registration] = {}
+
+
+def register_backbone(name: str, config_cls: type, model_cls: Callable[..., nn.Module], *,
+                      section: Optional[str] = None, upgrade_state: Optional[Callable[[dict], dict]] = None,
+                      replace: bool = False) -> Registration:
+    """Register backbone ``name`` (built as ``model_cls(config_cls(...))``), configured under
+    ``model.<section>`` (default: ``name``). Registering a taken name is an error unless ``replace``."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"backbone {name!r}: its config must be a dataclass, got {config_cls!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"a backbone named {name!r} is already registered")
+    section = section or name
+    taken = {r.section: r.name for r in _REGISTRY.values() if r.name != name}
+    if section in taken or section in ("name", "text", "space"):
+        raise ValueError(f"backbone {name!r}: config section model.{section} is already used"
+                         + (f" by backbone {taken[section]!r}" if section in taken else ""))
+    entry = Registration(name, config_cls, model_cls, section, upgrade_state)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def unregister_backbone(name: str) -> None:
+    """Remove a registration (tests register throwaway backbones)."""
+    _REGISTRY.pop(name, None)
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backbone_entry(name: str) -> Registration:
+    """The registration of ``name``, or a ValueError listing the registered names."""
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model.name {name!r}{hint} Registered backbones: {', '.join(backbone_names())}")
+    return _REGISTRY[name]
+
+
+def build_backbone(name: str, cfg) -> nn.Module:
+    """The backbone registered as ``name``, built from its config dataclass ``cfg``."""
+    entry = backbone_entry(name)
+    if not isinstance(cfg, entry.config_cls):
+        raise TypeError(f"backbone {name!r} is built from a {entry.config_cls.__name__}, got {type(cfg).__name__}")
+    return entry.model_cls(cfg)
+
+
+def backbone_spec(module: nn.Module) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a backbone, or of the backbone inside a wrapper that exposes it."""
+    spec = getattr(module, "spec", None)
+    if not isinstance(spec, BackboneSpec):
+        raise TypeError(f"{type(module).__name__} declares no BackboneSpec (a backbone needs a `spec` property)")
+    return spec
+
+
+__all__ = ["BackboneSpec", "CONDITIONING_FIELDS", "Registration", "backbone_entry", "backbone_names",
+           "backbone_spec", "build_backbone", "register_backbone", "unregister_backbone"]
