@@ -297,9 +297,9 @@ def _wrong_variant(cls, key: str, full: str, data: dict) -> Optional[ConfigError
     owners = cls.variant_sections() if hasattr(cls, "variant_sections") else {}
     if key in owners:
         name_field = cls.__variant__[0]
-        return ConfigError(f"config section '{full}' belongs to {name_field} {owners[key]!r}, but "
-                           f"{full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{name_field} is "
-                           f"{data.get(name_field, 'the default')!r}; set {name_field}={owners[key]} or remove the section")
+        where = (full.rsplit(".", 1)[0] + "." if "." in full else "") + name_field
+        return ConfigError(f"config section '{full}' belongs to {where}={owners[key]}, but {where} is "
+                           f"{data.get(name_field, 'the default')!r}; set {where}={owners[key]} or remove the section")
     return None
 
 
@@ -380,6 +380,7 @@ def apply_overrides(cls, data: dict, overrides: list[str]) -> dict:
     A variant's name may be set in the same list, before or after keys of its section."""
     data = merge({}, data)
     parsed = [parse_override(item) for item in overrides]
+    _drop_replaced_variants(cls, data, parsed)
     for item, (path, value) in zip(overrides, parsed):
         node, node_cls = data, cls
         for i, part in enumerate(path):
@@ -398,6 +399,24 @@ def apply_overrides(cls, data: dict, overrides: list[str]) -> dict:
                 node = node.setdefault(part, {})
                 node_cls = tp
     return data
+
+
+def _drop_replaced_variants(cls, data: dict, parsed: list[tuple[list[str], Any]]) -> None:
+    """An override that changes a variant's name (``model.name=toy`` over a preset with a
+    ``model.unet`` section) drops the preset's sections of other variants: they configure a
+    backbone that is no longer selected. Sections given as overrides are still checked."""
+    for path, value in parsed:
+        node, node_cls = data, cls
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict) or not dataclasses.is_dataclass(_hints(node_cls).get(part)):
+                break
+            node, node_cls = node[part], _hints(node_cls)[part]
+        else:
+            spec = getattr(node_cls, "__variant__", None)
+            if spec is not None and path[-1] == spec[0] and hasattr(node_cls, "variant_sections"):
+                for section, owner in node_cls.variant_sections().items():
+                    if owner != value:
+                        node.pop(section, None)
 
 
 def _with_pending(node: dict, node_cls, prefix: list[str], parsed: list[tuple[list[str], Any]]) -> dict:

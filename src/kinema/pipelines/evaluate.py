@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from kinema.data.io import from_uint8, to_uint8
 from kinema.metrics.assets import cache_dir, resolve_weights
 from kinema.metrics.features import cached_stats, extract_features, preprocess_i3d, preprocess_inception, stats_key
 from kinema.metrics.frechet import GaussianStats, frechet_from_stats
@@ -24,7 +25,8 @@ from kinema.metrics.i3d import load_i3d, sha256_file
 from kinema.metrics.inception import load_inception
 from kinema.metrics.similarity import psnr, ssim
 from kinema.metrics.sources import ClipSet, load_clips
-from kinema.system import resolve_device
+from kinema.pipelines.sample import sample_videos
+from kinema.system import load_system, resolve_device
 
 METRICS = ("fvd", "fid", "psnr", "ssim")
 
@@ -39,10 +41,6 @@ def sampled_clips(checkpoint: str | Path, num: int, frames: Optional[int] = None
                   sampler: Optional[str] = None, seed: int = 0, batch_size: int = 16, device: str = "auto",
                   progress: bool = True) -> ClipSet:
     """Draw ``num`` clips from a checkpoint (EMA weights) as uint8 ``[F, H, W, C]``."""
-    from kinema.data.io import to_uint8
-    from kinema.pipelines.sample import sample_videos
-    from kinema.system import load_system
-
     system, ckpt = load_system(checkpoint, device=device)
     cfg = system.cfg
     videos = sample_videos(system, num, steps=steps, sampler=sampler, seed=seed, frames=frames,
@@ -84,7 +82,6 @@ def _frechet(metric: str, generated: ClipSet, reference: ClipSet, weights: Optio
 
 
 def _paired(metric: str, generated: ClipSet, reference: ClipSet) -> tuple[float, dict]:
-    from kinema.data.io import from_uint8
 
     n = min(generated.num, reference.num)
     fn = psnr if metric == "psnr" else ssim

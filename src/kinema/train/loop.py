@@ -31,13 +31,16 @@ from kinema import checkpoint as ckpt_io
 from kinema.conditioning import Conditioning
 from kinema.config import KinemaConfig, save_config, to_yaml
 from kinema.diffusion.objective import TrainBatch
+from kinema.data.factory import build_dataset
 from kinema.data.io import write_video
+from kinema.data.loader import infinite_batches
 from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import make_conditioning, sample_videos
 from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
                            ckpt_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
-                                     gather_objects, is_main, local_slice, print0, rank, wrap_for_parallel, world_size)
+                                     gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
+                                     world_size)
 from kinema.train.ema import EMA
 
 
@@ -109,9 +112,6 @@ class Trainer:
     """Owns the model, optimizer, EMA, data stream and run directory of one training run."""
 
     def __init__(self, cfg: KinemaConfig, *, resume: bool = False, dataset=None) -> None:
-        from kinema.data.factory import build_dataset
-        from kinema.train.distributed import init_from_env
-
         self.cfg = cfg
         t = cfg.train
         if t.parallel not in PARALLEL_MODES:
@@ -227,8 +227,6 @@ class Trainer:
                f"{state.get('world_size', 1)})")
 
     def batches(self) -> Iterator[dict]:
-        from kinema.data.loader import infinite_batches
-
         d = self.cfg.data
         return infinite_batches(self.dataset, self.micro_batch, num_workers=d.num_workers, seed=d.seed,
                                 rank=rank(), world_size=self.world, start_step=self.step * self.cfg.train.grad_accum)

@@ -1,0 +1,135 @@
+"""The backbone contract, checked for every registered backbone (and the test-only toy backbone):
+output shapes, a zero-initialized start, joint-training masks that block information, conditioning
+dropout that equals the null conditioning, determinism and gradient flow. A new backbone gets
+these checks by registering (DESIGN.md section 3, "Many systems, one core")."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import toy_backbone  # noqa: F401  (registers "toy")
+from kinema.conditioning import Conditioning, drop_conditioning
+from kinema.models import backbone_entry, backbone_names, backbone_spec, build_backbone
+
+# Small configs per backbone: (name, overrides of its config dataclass). Every registered backbone
+# must appear here (test_every_backbone_is_covered), so a new one cannot skip the contract.
+CASES = [
+    ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=8, norm_groups=4)),
+    ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=8, norm_groups=4,
+                    num_classes=3, text_dim=6, scalar_conditions=("guidance_weight", "lowres_logsnr"))),
+    ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(), head_dim=8, norm_groups=4,
+                    temporal_attention=False, extra_in_channels=4)),
+    ("toy", dict(width=8)),
+    ("toy", dict(width=8, num_classes=3)),
+]
+IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "toy", "toy-class"]
+
+
+def build(name, overrides, seed=0):
+    torch.manual_seed(seed)
+    return build_backbone(name, backbone_entry(name).config_cls(**overrides))
+
+
+def randomize(model, seed=1):
+    """Non-zero weights everywhere (a fresh model outputs 0 by design, which would hide leaks)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def inputs(spec, b=2, f=4, seed=0):
+    """z, logsnr and a Conditioning holding every field the backbone reads."""
+    g = torch.Generator().manual_seed(seed)
+    size = 8 * spec.size_multiple
+    z = torch.randn(b, spec.in_channels, f, size, size, generator=g)
+    cond = Conditioning()
+    if spec.text_dim:
+        cond.text_emb = torch.randn(b, 5, spec.text_dim, generator=g)
+        cond.text_mask = torch.tensor([[True] * 3 + [False] * 2] * b)
+    if spec.num_classes:
+        cond.class_labels = torch.arange(b) % spec.num_classes
+    if spec.extra_in_channels:
+        cond.context = torch.randn(z.shape, generator=g)
+        cond.context_mask = torch.zeros(b, f, dtype=torch.bool)
+        cond.context_mask[:, 0] = True
+    for name in ("guidance_weight", "lowres_logsnr", "fps"):
+        if name in spec.reads:
+            setattr(cond, name, torch.rand(b, generator=g) * 3)
+    return z, torch.linspace(-5, 5, b), cond
+
+
+def test_every_backbone_is_covered():
+    assert set(backbone_names()) <= {name for name, _ in CASES}
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_denoiser_contract_shapes_and_zero_start(name, overrides):
+    model = build(name, overrides).eval()
+    spec = backbone_spec(model)
+    z, logsnr, cond = inputs(spec)
+    with torch.no_grad():
+        out = model(z, logsnr, cond)
+    assert out.shape == (z.shape[0], spec.out_channels, *z.shape[2:])
+    assert torch.count_nonzero(out) == 0, "a fresh backbone outputs exactly 0 (zero-initialized output layers)"
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_joint_training_mask_blocks_information(name, overrides):
+    model = randomize(build(name, overrides)).eval()
+    spec = backbone_spec(model)
+    assert "frame_segments" in spec.reads
+    z, logsnr, cond = inputs(spec, b=1, f=5)
+    cond.frame_segments = torch.tensor([[0, 0, 0, 1, 2]])  # a 3-frame clip, then two independent images
+    if cond.context_mask is not None:
+        cond.context_mask = torch.tensor([[True, False, False, False, False]])
+    z2 = z.clone()
+    z2[:, :, 3] += 1.0  # perturb the first image
+    with torch.no_grad():
+        a, b = model(z, logsnr[:1], cond), model(z2, logsnr[:1], cond)
+    assert torch.equal(a[:, :, [0, 1, 2, 4]], b[:, :, [0, 1, 2, 4]]), "no information crosses segments"
+    assert (a[:, :, 3] - b[:, :, 3]).abs().max() > 1e-4, "the perturbed frame itself changes"
+    cond.frame_segments = None  # one clip: now the perturbation must reach the other frames
+    with torch.no_grad():
+        c, d = model(z, logsnr[:1], cond), model(z2, logsnr[:1], cond)
+    assert (c[:, :, 0] - d[:, :, 0]).abs().max() > 1e-6, "frames of one clip do interact"
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_dropped_conditioning_is_the_null_conditioning(name, overrides):
+    model = randomize(build(name, overrides)).eval()
+    spec = backbone_spec(model)
+    z, logsnr, cond = inputs(spec)
+    dropped = drop_conditioning(cond)
+    absent = dataclasses.replace(cond, text_emb=None, text_mask=None, class_labels=None)
+    if cond.context is not None:  # a context model always takes its channels: null = no known frame
+        absent.context_mask = torch.zeros_like(cond.context_mask)
+    with torch.no_grad():
+        torch.testing.assert_close(model(z, logsnr, dropped), model(z, logsnr, absent), rtol=0, atol=1e-5)
+        if spec.text_dim or spec.num_classes:
+            assert (model(z, logsnr, cond) - model(z, logsnr, dropped)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_determinism(name, overrides):
+    a, b = build(name, overrides, seed=3), build(name, overrides, seed=3)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    randomize(a), randomize(b)
+    z, logsnr, cond = inputs(backbone_spec(a))
+    with torch.no_grad():
+        assert torch.equal(a.eval()(z, logsnr, cond), b.eval()(z, logsnr, cond))
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_gradients_reach_every_trainable_parameter(name, overrides):
+    model = randomize(build(name, overrides)).train()
+    z, logsnr, cond = inputs(backbone_spec(model))
+    weights = torch.randn(z.shape[0], backbone_spec(model).out_channels, *z.shape[2:],
+                          generator=torch.Generator().manual_seed(5))
+    (model(z, logsnr, cond) * weights).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
