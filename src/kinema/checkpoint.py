@@ -6,7 +6,6 @@ Layout of one checkpoint directory ``<run>/ckpt/step-00001000/``::
 
     model.safetensors    the trained part ``model`` (all its tensors)
     ema.safetensors      the EMA of its trainable parameters (what sampling uses by default)
-    <part>.safetensors   any other part whose tensors are saved (trainable, or frozen with save)
     trainer.pt           optimizer / RNG state and step (torch.load(weights_only=True))
     config.yaml          the resolved config of the run
     meta.json            the manifest: format, step, kinema version, backbone, and the parts
@@ -51,13 +50,11 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_state: Optional[dict],
                     trainer_state: dict, config_yaml: str, meta: Optional[dict] = None,
-                    parts: Optional[dict] = None, part_states: Optional[dict[str, dict]] = None,
-                    keep_last: int = 3) -> Path:
+                    parts: Optional[dict] = None, keep_last: int = 3) -> Path:
     """Write checkpoint ``step`` under ``run_dir/ckpt`` atomically; keep the newest ``keep_last``.
 
     ``model_state`` / ``ema_state``: the ``model`` part and the EMA of its trainable parameters;
-    ``parts``: the manifest entries of every part (``System.manifest()``); ``part_states``: tensors of
-    other parts to save, by part name."""
+    ``parts``: the manifest entries of every part (``System.manifest()``)."""
     root = Path(run_dir) / "ckpt"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -71,11 +68,6 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_st
     if ema_state is not None:
         save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
         manifest_parts["model"]["ema"] = "ema.safetensors"
-    for name, state in (part_states or {}).items():
-        if name not in manifest_parts or name == "model":
-            raise ValueError(f"cannot save tensors of part {name!r}: not a (non-model) part of {sorted(manifest_parts)}")
-        save_file(_contiguous(state), str(tmp / f"{name}.safetensors"))
-        manifest_parts[name]["weights"] = f"{name}.safetensors"
     torch.save(trainer_state, tmp / "trainer.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     info = {"format": FORMAT, "step": step, "kinema_version": __version__, **(meta or {}), "parts": manifest_parts}

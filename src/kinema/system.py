@@ -7,7 +7,7 @@ system + checkpoint -> models + diffusion``. A :class:`System` is
 - ``parts``: named :class:`Part` s. ``model`` is the trained network (the backbone named by
   ``model.name``, with a built-in text encoder when configured); frozen parts (a ``transformers``
   text encoder today; a teacher, an autoencoder or a pretrained image model next) are recorded in
-  checkpoints by path and content hash, not saved unless asked;
+  checkpoints by path and content hash, not saved;
 - ``spec``: the backbone's :class:`~kinema.models.backbone.BackboneSpec`;
 - ``space``: where diffusion runs (:mod:`kinema.spaces`).
 
@@ -116,13 +116,12 @@ class Part:
     """One named part of a system. A trainable part is in the optimizer and the EMA (its parameters
     with ``requires_grad``; frozen sub-layers inside it are saved but not trained) and saved in every
     checkpoint; a frozen part comes from ``source`` (a local path) and is recorded by path and content
-    hash (``sha256``), its tensors saved only when ``save`` is set."""
+    hash (``sha256``), not saved."""
 
     module: Any
     trainable: bool
     source: Optional[str] = None
     sha256: Optional[str] = None
-    save: bool = False
 
     def manifest(self) -> dict:
         entry: dict = {"trainable": self.trainable}

@@ -19,7 +19,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ TEXT_ENCODERS = ("none", "builtin", "transformers")
 class TextConfig:
     """Which text encoder conditions the model (``model.text`` in the config)."""
 
-    encoder: str = "none"  # none | builtin (trained jointly, saved) | transformers (frozen, from `path`)
+    encoder: Literal["none", "builtin", "transformers"] = "none"  # builtin: trained, saved; transformers: frozen
     max_length: int = 16  # tokens per caption (longer captions are truncated)
     path: Optional[str] = None  # transformers: a LOCAL directory holding the model and its tokenizer
     vocab_size: int = 4096  # builtin: hashed word buckets (plus padding id 0)
