@@ -52,6 +52,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_st
     (tmp / "config.yaml").write_text(config_yaml)
     info = {"step": step, "kinema_version": __version__, **(meta or {})}
     (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    _same_mode_for_all(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -59,6 +60,13 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_st
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _same_mode_for_all(ckpt_dir: Path) -> None:
+    """safetensors writes its files 0600; give them the mode the other files got (the umask's)."""
+    mode = (ckpt_dir / "meta.json").stat().st_mode & 0o777
+    for f in ckpt_dir.glob("*.safetensors"):
+        os.chmod(f, mode)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -87,16 +95,108 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             f"or a run directory with ckpt/step-*)")
 
 
-def load_weights(ckpt_dir: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
-    """Weights of a checkpoint (EMA by default when present), loaded with safetensors."""
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read (truncated, empty, not what it should be) or holds
+    non-finite weights; the message names the file."""
+
+
+def load_weights(ckpt_dir: str | Path, ema: bool = True, *, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """Weights of a checkpoint (EMA by default when present), loaded with safetensors. Weights with
+    NaN/inf are refused (naming the first such tensor) unless ``allow_nonfinite``."""
+    from kinema.validate import first_nonfinite
+
     d = Path(ckpt_dir)
     path = d / "ema.safetensors" if ema and (d / "ema.safetensors").exists() else d / "model.safetensors"
-    return load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # SafetensorError, OSError: truncated, empty or not a safetensors file
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    bad = None if allow_nonfinite else first_nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN/inf), first in tensor {bad!r}; "
+                              f"use an earlier checkpoint")
+    return state
 
 
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     """Optimizer / RNG / step state; never unpickles arbitrary objects (weights_only=True)."""
-    return torch.load(Path(ckpt_dir) / "trainer.pt", map_location="cpu", weights_only=True)
+    path = Path(ckpt_dir) / "trainer.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # EOFError (empty), RuntimeError (truncated zip), UnpicklingError (refused object)
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {' '.join(str(e).split()[:40])}") from None
+
+
+def load_checkpoint_config(ckpt_dir: str | Path):
+    """The resolved config stored in a checkpoint (safe YAML; a tag or bad key names the file)."""
+    import yaml
+
+    from kinema.config import ConfigError, config_from_yaml
+
+    path = Path(ckpt_dir) / "config.yaml"
+    try:
+        return config_from_yaml(path.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def check_checkpoint(ckpt_dir: str | Path) -> Optional[str]:
+    """Why a complete-looking checkpoint cannot be resumed from, or None when it looks intact.
+    Cheap: reads the safetensors headers (which must cover each file exactly), the zip directory
+    of ``trainer.pt`` and ``meta.json``; tensors are not loaded."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    d = Path(ckpt_dir)
+    for name in ("model.safetensors", "ema.safetensors"):
+        path = d / name
+        if name == "ema.safetensors" and not path.exists():
+            continue
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception as e:
+            return f"{path}: {e}"
+    path = d / "trainer.pt"
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.namelist()
+    except Exception as e:
+        return f"{path}: {type(e).__name__}: {e}"
+    try:
+        json.loads((d / "meta.json").read_text())
+    except Exception as e:
+        return f"{d / 'meta.json'}: {e}"
+    return None
+
+
+def newest_intact(run_dir: str | Path, report=print, set_aside: bool = True) -> Optional[Path]:
+    """The newest checkpoint of a run that passes :func:`check_checkpoint`. Each newer corrupt one
+    is reported and (``set_aside``) renamed ``ckpt/corrupt-step-*``, never deleted."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        reason = check_checkpoint(ckpt)
+        if reason is None:
+            return ckpt
+        if not set_aside:
+            report(f"checkpoint {ckpt} is corrupt ({reason}); trying the one before it")
+            continue
+        aside, n = ckpt.with_name(f"corrupt-{ckpt.name}"), 1
+        while aside.exists():
+            aside, n = ckpt.with_name(f"corrupt-{ckpt.name}-{n}"), n + 1
+        try:
+            os.rename(ckpt, aside)
+            moved = f"moved aside to {aside}"
+        except OSError as e:
+            moved = f"could not move it aside ({e})"
+        report(f"checkpoint {ckpt} is corrupt ({reason}); {moved}; trying the one before it")
+    return None
 
 
 def load_meta(ckpt_dir: str | Path) -> dict[str, Any]:

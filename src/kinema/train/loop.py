@@ -35,6 +35,9 @@ from kinema.train.context import add_context, check_context_config
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
                                      gather_objects, is_main, local_slice, print0, rank, wrap_for_parallel, world_size)
 from kinema.train.ema import EMA
+from kinema.train.progress import BudgetBar
+from kinema.train.rundir import config_changes, locked_fit, prepare_run_dir
+from kinema.validate import check_train_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,10 +107,11 @@ class StepOutput:
 class Trainer:
     """Owns the model, optimizer, EMA, data stream and run directory of one training run."""
 
-    def __init__(self, cfg: KinemaConfig, *, resume: bool = False, dataset=None) -> None:
+    def __init__(self, cfg: KinemaConfig, *, resume: bool = False, overwrite: bool = False, dataset=None) -> None:
         from kinema.data.factory import build_dataset
         from kinema.train.distributed import init_from_env
 
+        check_train_config(cfg)  # ranges and choices, before the run directory is touched
         self.cfg = cfg
         t = cfg.train
         if t.parallel not in PARALLEL_MODES:
@@ -124,7 +128,8 @@ class Trainer:
                              f"x train.grad_accum ({t.grad_accum})")
         self.micro_batch = per_step
         self.amp = autocast_dtype(t.precision, self.device)
-        self.out_dir = Path(t.out_dir).expanduser()
+        self.out_dir = prepare_run_dir(Path(t.out_dir).expanduser(), resume=resume, overwrite=overwrite,
+                                       main=is_main(), report=print0)  # refuses an existing run / a live lock
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.model = build_model(cfg).to(self.device)
         if rank() > 0:
@@ -200,7 +205,24 @@ class Trainer:
         if not found:
             print0(f"no checkpoint in {self.out_dir}/ckpt; starting from scratch")
             return None
-        return found[-1]
+        last = ckpt_io.newest_intact(self.out_dir, report=print0, set_aside=is_main())
+        if last is None:
+            raise ckpt_io.CheckpointError(f"no intact checkpoint left in {self.out_dir}/ckpt (all were corrupt and "
+                                          f"moved aside as corrupt-step-*); train into a new train.out_dir")
+        self._report_config_changes(last)
+        return last
+
+    def _report_config_changes(self, last: Path) -> None:
+        """Say what differs between checkpoint ``last``'s config and this run's (the resumed run is no
+        longer an exact continuation; model changes fail when the weights load)."""
+        import warnings
+
+        from kinema.config import to_dict
+
+        changes = config_changes(to_dict(ckpt_io.load_checkpoint_config(last)), to_dict(self.cfg))
+        if changes:
+            warnings.warn(f"resuming {last} with a changed config ({'; '.join(changes)}): the run continues, "
+                          f"but not as an exact continuation of the original", stacklevel=3)
 
     def _resume(self, last: Path) -> None:
         """Optimizer, EMA, step and RNG state from checkpoint ``last`` (the weights are already in).
@@ -283,6 +305,7 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------
 
+    @locked_fit
     def fit(self) -> dict:
         """Train until ``train.steps`` (or the ``train.minutes`` budget); returns a summary."""
         t = self.cfg.train
@@ -294,6 +317,7 @@ class Trainer:
         start_step, start = self.step, time.time()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (t.progress and is_main()),
                    dynamic_ncols=True)
+        bar = BudgetBar(bar, t.steps, t.minutes)  # total and ETA against whichever of steps / minutes ends first
         loss_sum = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         window_start, window_steps = time.time(), 0
