@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from kinema.config import KinemaConfig, config_from_yaml
+from kinema.config import KinemaConfig
 from kinema.diffusion.schedule import Schedule, resolution_shift
 from kinema.models import build_model as _build_backbone
 from kinema.models.text import TextConditioned, build_text_encoder
@@ -73,10 +73,10 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 def load_from_checkpoint(path: str | Path, *, ema: bool = True, device: str | torch.device = "auto"):
     """(model in eval mode on ``device``, its resolved config, the checkpoint directory)."""
-    from kinema.train.checkpoint import load_model_state, load_weights, resolve_checkpoint
+    from kinema.train.checkpoint import load_checkpoint_config, load_model_state, load_weights, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
-    cfg = config_from_yaml((ckpt / "config.yaml").read_text())
+    cfg = load_checkpoint_config(ckpt)  # safe YAML; errors name the file
     model = build_model(cfg)
     load_model_state(model, load_weights(ckpt, ema=ema), ckpt)
     dev = resolve_device(device) if isinstance(device, str) else device

@@ -18,6 +18,7 @@ from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
 from kinema.models.text import TextConditioned
 from kinema.pipelines.build import autocast, autocast_dtype, build_schedule
+from kinema.validate import require_finite
 
 
 def video_shape(cfg: KinemaConfig, frames: Optional[int] = None, size: Optional[int] = None) -> tuple[int, int, int, int]:
@@ -179,6 +180,7 @@ def sample_videos(
         else:
             denoise = lambda z_, logsnr: net(z_, logsnr, c)  # noqa: E731
         video = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1))
+        require_finite(video, f"samples {start + 1}-{start + b} of {num}")  # NaN would be written as black
         outputs.append(video.float().clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(outputs)
