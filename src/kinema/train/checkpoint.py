@@ -174,6 +174,10 @@ def check_checkpoint(ckpt_dir: str | Path) -> Optional[str]:
         json.loads((d / "meta.json").read_text())
     except Exception as e:
         return f"{d / 'meta.json'}: {e}"
+    try:
+        load_checkpoint_config(d)
+    except Exception as e:  # CheckpointError / ConfigError, already naming the file
+        return str(e)
     return None
 
 

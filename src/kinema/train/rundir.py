@@ -114,7 +114,8 @@ def busy_message(run_dir: Path, info: dict, state: str) -> str:
         return (f"run directory {run_dir} is locked by {_describe(info)}; it may still be training there. "
                 f"If that process is gone, remove the lock with: rm {lock}")
     return (f"run directory {run_dir} is in use by {_describe(info)}: another training is writing it. "
-            f"Wait for it to finish, stop it, or train into another train.out_dir")
+            f"Wait for it to finish, stop it, or train into another train.out_dir (if that PID is not a kinema "
+            f"training, remove the lock: rm {lock})")
 
 
 class RunLock:
@@ -334,7 +335,7 @@ def locked_fit(fit):
     def wrapper(self, *args, **kwargs):
         import torch
 
-        from kinema.train.distributed import all_reduce_max, is_main, print0
+        from kinema.train.distributed import all_reduce_max, barrier, is_main, print0
 
         run_dir = Path(self.out_dir)
         existed = run_dir.exists()
@@ -358,11 +359,12 @@ def locked_fit(fit):
         try:
             result = fit(self, *args, **kwargs)
             ok = True
-            return result
         finally:
             if lock is not None:
                 lock.release()
                 if not ok and not existed:
                     remove_if_unused(run_dir)
+        barrier()  # no rank leaves before the lock is gone (a next Trainer on any rank would see it held)
+        return result
 
     return wrapper
