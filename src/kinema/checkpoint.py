@@ -31,14 +31,19 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kinema import __version__
+from kinema.config import ConfigError, config_from_yaml
 from kinema.models import backbone_entry
+from kinema.validate import first_nonfinite
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 FORMAT = 2  # 1: kinema 0.1 (no parts in meta.json); 2: the manifest of parts
@@ -72,6 +77,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_st
     (tmp / "config.yaml").write_text(config_yaml)
     info = {"format": FORMAT, "step": step, "kinema_version": __version__, **(meta or {}), "parts": manifest_parts}
     (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    _same_mode_for_all(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -79,6 +85,13 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_st
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _same_mode_for_all(ckpt_dir: Path) -> None:
+    """safetensors writes its files 0600; give them the mode the other files got (the umask's)."""
+    mode = (ckpt_dir / "meta.json").stat().st_mode & 0o777
+    for f in ckpt_dir.glob("*.safetensors"):
+        os.chmod(f, mode)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -107,8 +120,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             f"or a run directory with ckpt/step-*)")
 
 
-def read_config_text(ckpt_dir: str | Path) -> str:
-    return (Path(ckpt_dir) / "config.yaml").read_text()
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read (truncated, empty, not what it should be) or holds
+    non-finite weights; the message names the file."""
+
+
+def load_checkpoint_config(ckpt_dir: str | Path):
+    """The resolved config stored in a checkpoint (safe YAML; a tag or bad key names the file)."""
+    path = Path(ckpt_dir) / "config.yaml"
+    try:
+        return config_from_yaml(path.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def load_meta(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -132,15 +157,32 @@ def load_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_weights(ckpt_dir: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
-    """The raw tensors of ``ema.safetensors`` (``ema``, when present) or ``model.safetensors``."""
+def _read_tensors(path: Path, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """A safetensors file; unreadable files and (unless ``allow_nonfinite``) NaN/inf weights raise a
+    :class:`CheckpointError` naming the file and the first bad tensor."""
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # SafetensorError, OSError: truncated, empty or not a safetensors file
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    bad = None if allow_nonfinite else first_nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN/inf), first in tensor {bad!r}; "
+                              f"use an earlier checkpoint")
+    return state
+
+
+def load_weights(ckpt_dir: str | Path, ema: bool = True, *, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """The raw tensors of ``ema.safetensors`` (``ema``, when present) or ``model.safetensors``; NaN/inf
+    weights are refused unless ``allow_nonfinite``."""
     d = Path(ckpt_dir)
     path = d / "ema.safetensors" if ema and (d / "ema.safetensors").exists() else d / "model.safetensors"
-    return load_file(str(path))
+    return _read_tensors(path, allow_nonfinite)
 
 
 def load_part_state(ckpt_dir: str | Path, part: str = "model", *, ema: bool = True,
-                    manifest: Optional[dict] = None) -> dict[str, torch.Tensor]:
+                    manifest: Optional[dict] = None, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of ``part``: its weights, with the EMA of its trained parameters laid over them
     (``ema``, when the checkpoint has one). Format-1 tensors are renamed by the backbone's
     ``upgrade_state``."""
@@ -149,9 +191,9 @@ def load_part_state(ckpt_dir: str | Path, part: str = "model", *, ema: bool = Tr
     entry = manifest["parts"].get(part)
     if entry is None or "weights" not in entry:
         raise ValueError(f"checkpoint {d} holds no tensors for part {part!r} (parts: {sorted(manifest['parts'])})")
-    state = load_file(str(d / entry["weights"]))
+    state = _read_tensors(d / entry["weights"], allow_nonfinite)
     if ema and "ema" in entry:
-        state.update(load_file(str(d / entry["ema"])))
+        state.update(_read_tensors(d / entry["ema"], allow_nonfinite))
     if manifest["format"] == 1:
         state = upgrade_format1(state, manifest.get("model"))
     return state
@@ -165,7 +207,65 @@ def upgrade_format1(state: dict[str, torch.Tensor], backbone: Optional[str]) -> 
 
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     """Optimizer / RNG / step state; never unpickles arbitrary objects (weights_only=True)."""
-    return torch.load(Path(ckpt_dir) / "trainer.pt", map_location="cpu", weights_only=True)
+    path = Path(ckpt_dir) / "trainer.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # EOFError (empty), RuntimeError (truncated zip), UnpicklingError (refused object)
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {' '.join(str(e).split()[:40])}") from None
+
+
+def check_checkpoint(ckpt_dir: str | Path) -> Optional[str]:
+    """Why a complete-looking checkpoint cannot be resumed from, or None when it looks intact.
+    Cheap: reads the headers of every safetensors file the manifest names (which must cover each
+    file exactly), the zip directory of ``trainer.pt``, ``meta.json`` and ``config.yaml``; tensors
+    are not loaded."""
+    d = Path(ckpt_dir)
+    try:
+        manifest = load_manifest(d)
+    except Exception as e:
+        return f"{d / 'meta.json'}: {e}"
+    files = [entry[key] for entry in manifest["parts"].values() for key in ("weights", "ema") if key in entry]
+    for name in files:
+        try:
+            with safe_open(str(d / name), "pt") as f:
+                f.keys()
+        except Exception as e:
+            return f"{d / name}: {e}"
+    path = d / "trainer.pt"
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.namelist()
+    except Exception as e:
+        return f"{path}: {type(e).__name__}: {e}"
+    try:
+        load_checkpoint_config(d)
+    except Exception as e:  # CheckpointError / ConfigError, already naming the file
+        return str(e)
+    return None
+
+
+def newest_intact(run_dir: str | Path, report=print, set_aside: bool = True) -> Optional[Path]:
+    """The newest checkpoint of a run that passes :func:`check_checkpoint`. Each newer corrupt one
+    is reported and (``set_aside``) renamed ``ckpt/corrupt-step-*``, never deleted."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        reason = check_checkpoint(ckpt)
+        if reason is None:
+            return ckpt
+        if not set_aside:
+            report(f"checkpoint {ckpt} is corrupt ({reason}); trying the one before it")
+            continue
+        aside, n = ckpt.with_name(f"corrupt-{ckpt.name}"), 1
+        while aside.exists():
+            aside, n = ckpt.with_name(f"corrupt-{ckpt.name}-{n}"), n + 1
+        try:
+            os.rename(ckpt, aside)
+            moved = f"moved aside to {aside}"
+        except OSError as e:
+            moved = f"could not move it aside ({e})"
+        report(f"checkpoint {ckpt} is corrupt ({reason}); {moved}; trying the one before it")
+    return None
 
 
 def hash_path(path: str | Path, chunk: int = 1 << 20) -> str:

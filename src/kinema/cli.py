@@ -7,6 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from kinema import __version__
+from kinema.validate import (finite_float, int_at_least, nonnegative_float, positive_float, positive_int,
+                             video_out_path)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -25,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from kinema.train.loop import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    summary = Trainer(cfg, resume=args.resume).fit()
+    summary = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
     _print0(f"trained {summary['steps']} steps (now at step {summary['final_step']}) in "
             f"{summary['seconds']:.0f} s; run directory: {summary['out_dir']}")
     return 0
@@ -59,9 +61,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
     cond = _conditioning(system, args.num, args)
     low = "config" if args.guidance_low is None else args.guidance_low
-    videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                           seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size,
-                           cond=cond, guidance=args.guidance, guidance_low=low)
+    with _naming_checkpoint(ckpt):
+        videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                               seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size,
+                               cond=cond, guidance=args.guidance, guidance_low=low)
     out = write_video(args.out, videos, fps=args.fps or system.cfg.sample.fps)
     print(f"wrote {args.num} samples of {tuple(videos.shape[1:])}{_labels_text(args)} from {ckpt} to {out}")
     return 0
@@ -94,6 +97,8 @@ def _cmd_extend(args: argparse.Namespace) -> int:
     video = extend_video(system, clip, args.frames, method=method, overlap=args.overlap, window=args.window,
                          guidance=args.guidance, recon_weight=recon, cond=_conditioning(system, clip.shape[0], args),
                          steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
+    with _naming_checkpoint(ckpt):
+        _require_finite(video, "the extended video's frames")
     out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
     print(f"extended {args.input} from {clip.shape[2]} to {video.shape[2]} frames ({method}){_labels_text(args)} "
           f"with {ckpt}; wrote {out}")
@@ -112,10 +117,38 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     video = upsample_video(system, low, size=args.size, recon_weight=DEFAULT_RECON_WEIGHT if recon is None else recon,
                            guidance=args.guidance, cond=_conditioning(system, low.shape[0], args), steps=args.steps,
                            sampler=args.sampler, eta=args.eta, seed=args.seed)
+    with _naming_checkpoint(ckpt):
+        _require_finite(video, "the upsampled video's frames")
     out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
     print(f"upsampled {args.input} from {tuple(low.shape[-2:])} to {tuple(video.shape[-2:])}{_labels_text(args)} "
           f"with {ckpt}; wrote {out}")
     return 0
+
+
+def _require_finite(video, what: str) -> None:
+    from kinema.validate import require_finite
+
+    require_finite(video, what)
+
+
+class _naming_checkpoint:
+    """Context: a :class:`~kinema.validate.NonFiniteError` raised inside names checkpoint ``ckpt`` (its
+    weights loaded finite, so the settings made the values blow up)."""
+
+    def __init__(self, ckpt) -> None:
+        self.ckpt = ckpt
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        from kinema.validate import NonFiniteError
+
+        if kind is not None and issubclass(kind, NonFiniteError):
+            raise NonFiniteError(f"sampling from checkpoint {self.ckpt}: {error}; nothing was written. Its weights "
+                                 f"are finite: try a smaller --guidance, other --steps / --sampler, or "
+                                 f"another checkpoint") from None
+        return False
 
 
 def _checkpoint_command(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -130,23 +163,24 @@ def _add_conditioning_args(p: argparse.ArgumentParser) -> None:
                    help="text prompt (text-conditional models); repeat for several, cycled over the videos")
     p.add_argument("--class", dest="class_labels", type=int, action="append", default=None, metavar="K",
                    help="class label (class-conditional models); repeat for several, cycled over the videos")
-    p.add_argument("--guidance", type=float, default=None, metavar="W",
+    p.add_argument("--guidance", type=finite_float, default=None, metavar="W",
                    help="classifier-free guidance weight w (default: sample.guidance; 0 = no guidance)")
 
 
 def _add_recon_weight(p: argparse.ArgumentParser, default: float) -> None:
-    p.add_argument("--recon-weight", type=float, default=None, metavar="W_R",
+    p.add_argument("--recon-weight", type=finite_float, default=None, metavar="W_R",
                    help=f"reconstruction guidance weight w_r (VDM eq. 7; default {default:g}). The old spelling "
                         f"--guidance still sets it, with a warning, when no --prompt / --class is given")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     """Options shared by the commands that sample from a checkpoint."""
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's sample.steps)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default: the config's sample.steps)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None, help="default: sample.sampler")
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=nonnegative_float, default=None, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=None)
+    p.add_argument("--fps", type=positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
 
@@ -162,12 +196,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     overrides = [f"train.out_dir={out}", f"train.minutes={args.minutes}"]
+    video_out_path(str(out / "samples.mp4"))
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config("demo", overrides + list(args.overrides))
     print(f"kinema demo: training a small video diffusion model on bouncing shapes for up to "
           f"{args.minutes} min ({cfg.train.steps} steps max) on {resolve_device(cfg.train.device)}...")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     summary = trainer.fit()
     videos = sample_videos(trainer.ema_system(), args.num, seed=0)
     written = [write_video(out / f"samples.{ext}", videos, fps=cfg.sample.fps) for ext in ("gif", "mp4", "png")]
@@ -190,7 +225,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     generated = open_generated(args.generated, args.frames, args.num, steps=args.steps, sampler=args.sampler,
                                seed=args.seed, batch_size=args.batch_size, device=args.device)
-    reference = load_clips(args.reference, args.frames, args.num)
+    reference = load_clips(args.reference, args.frames, args.num, side="reference")
     rows = [evaluate(generated, reference, m, weights=args.weights, cache=args.cache_dir, batch_size=args.batch_size,
                      device=args.device) for m in args.metric]
     print(f"{'metric':8s} {'value':>12s} {'generated':>10s} {'reference':>10s} {'frames':>6s}")
@@ -240,50 +275,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="preset name (see `kinema config --list`) or YAML path")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.batch_size=16")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.out_dir holds an old run: move it aside to <out_dir>.old-<timestamp> (never deleted)")
     p.set_defaults(func=_cmd_train)
 
     p = _checkpoint_command(sub, "sample", "sample videos from a checkpoint")
-    p.add_argument("--num", type=int, default=8, help="number of videos (default 8)")
-    p.add_argument("--frames", type=int, default=None, help="frames per video (default: as trained)")
-    p.add_argument("--size", type=int, default=None, help="height = width (default: as trained)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num", type=positive_int, default=8, help="number of videos (default 8)")
+    p.add_argument("--frames", type=positive_int, default=None, help="frames per video (default: as trained)")
+    p.add_argument("--size", type=positive_int, default=None, help="height = width (default: as trained)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     _add_conditioning_args(p)
-    p.add_argument("--guidance-low", type=float, default=None, metavar="W",
+    p.add_argument("--guidance-low", type=finite_float, default=None, metavar="W",
                    help="Imagen Video's oscillating guidance: alternate between --guidance and this weight "
                         "after the first sample.guidance_constant of the steps")
-    p.add_argument("--out", default="samples.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    p.add_argument("--out", type=video_out_path, default="samples.mp4",
+                   help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_sample)
 
     p = _checkpoint_command(sub, "extend", "extend a video to any length, window by window (VDM section 3.1)")
     p.add_argument("--input", required=True, help="the video to extend (mp4, gif, webm, png grid, ...)")
-    p.add_argument("--frames", type=int, required=True, help="length of the result in frames, input included")
+    p.add_argument("--frames", type=positive_int, required=True, help="length of the result in frames, input included")
     p.add_argument("--method", choices=["reconstruction", "replacement", "context"], default=None,
                    help="context for context-conditioned models, else reconstruction (default)")
-    p.add_argument("--overlap", type=int, default=None, help="known frames per window (default: half the window)")
-    p.add_argument("--window", type=int, default=None, help="frames per window (default: the training length)")
+    p.add_argument("--overlap", type=positive_int, default=None,
+                   help="known frames per window (default: half the window)")
+    p.add_argument("--window", type=int_at_least(2), default=None, help="frames per window (default: the training length)")
     _add_conditioning_args(p)  # for the context method --guidance also guides over the known frames
     _add_recon_weight(p, 5.0)
-    p.add_argument("--size", type=int, default=None, help="resize the input to this size (default: as trained)")
-    p.add_argument("--out", default="longer.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    p.add_argument("--size", type=positive_int, default=None, help="resize the input to this size (default: as trained)")
+    p.add_argument("--out", type=video_out_path, default="longer.mp4",
+                   help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_extend)
 
     p = _checkpoint_command(sub, "upsample", "super-resolve a low-resolution video with an unconditional model (VDM eq. 8)")
     p.add_argument("--input", required=True, help="the low-resolution video")
-    p.add_argument("--size", type=int, default=None, help="output height = width (default: the model's data.size)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="output height = width (default: the model's data.size)")
     _add_conditioning_args(p)
     _add_recon_weight(p, 10.0)
-    p.add_argument("--max-frames", type=int, default=None, help="use only the first frames of the input")
-    p.add_argument("--out", default="high.mp4", help="output file: .mp4, .gif or .png (grid of frames)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first frames of the input")
+    p.add_argument("--out", type=video_out_path, default="high.mp4",
+                   help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_upsample)
 
     p = sub.add_parser("demo", help="train a small model on built-in bouncing shapes and write samples")
     p.add_argument("--out", default="kinema-demo", help="run directory (default ./kinema-demo)")
-    p.add_argument("--minutes", type=float, default=7.0, help="training time budget (default 7)")
-    p.add_argument("--steps", type=int, default=None, help="maximum training steps (default: preset)")
-    p.add_argument("--num", type=int, default=8, help="number of sample videos to write")
+    p.add_argument("--minutes", type=positive_float, default=7.0, help="training time budget (default 7)")
+    p.add_argument("--steps", type=positive_int, default=None, help="maximum training steps (default: preset)")
+    p.add_argument("--num", type=positive_int, default=8, help="number of sample videos to write")
+    p.add_argument("--resume", action="store_true", help="continue the demo run in --out")
+    p.add_argument("--overwrite", action="store_true", help="move an old run in --out aside (never deleted)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo preset")
     p.set_defaults(func=_cmd_demo)
 
@@ -291,13 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("generated", help="folder of videos, .npz of uint8 clips [N, F, H, W, C], or a checkpoint to sample")
     p.add_argument("--reference", required=True, help="folder of videos or .npz of uint8 clips")
     p.add_argument("--metric", nargs="+", choices=["fvd", "fid", "psnr", "ssim"], default=["fvd"])
-    p.add_argument("--num", type=int, default=None, help="clips per side (default: all; 16 sampled from a checkpoint)")
-    p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16, the FVD protocol)")
+    p.add_argument("--num", type=positive_int, default=None,
+                   help="clips per side (default: all; 16 sampled from a checkpoint)")
+    p.add_argument("--frames", type=positive_int, default=16, help="frames per clip (default 16, the FVD protocol)")
     p.add_argument("--weights", default=None, help="feature network weights (default for fvd: the cached I3D)")
     p.add_argument("--cache-dir", default=None, help="assets and cached reference statistics (default ~/.cache/kinema)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps for a checkpoint (default: its config)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps for a checkpoint (default: its config)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval.json", help="JSON results (default ./eval.json)")
@@ -311,18 +356,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple:
+    """Exceptions that report a problem with the user's input or files (one error line, exit 2),
+    not a bug in kinema (a traceback). Evaluated when an exception propagates."""
+    import pickle
+
+    import yaml
+
+    from kinema.config import ConfigError
+
+    errors = [ConfigError, FileNotFoundError, ValueError, PermissionError, IsADirectoryError, NotADirectoryError,
+              pickle.UnpicklingError, yaml.YAMLError]
+    loop = sys.modules.get("kinema.train.loop")
+    if loop is not None:
+        errors.append(loop.NonFiniteLossError)
+    return tuple(errors)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, PermissionError) and error.filename:
+        return f"permission denied: {error.filename} ({error.strerror}); is the directory read-only?"
+    return " ".join(str(error).split())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from kinema.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"kinema {args.command}: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        print(f"kinema {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kinema {args.command}: interrupted", file=sys.stderr)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from kinema import checkpoint as ckpt_io
-from kinema.config import KinemaConfig, config_from_yaml
+from kinema.config import KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.guidance import GuidanceDropout
 from kinema.diffusion.objective import DiffusionObjective
@@ -213,7 +213,7 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
     """(system in eval mode on ``device``, the checkpoint directory) from a checkpoint or run directory.
     Frozen parts are checked against the hashes the checkpoint recorded."""
     ckpt = ckpt_io.resolve_checkpoint(path)
-    cfg = config_from_yaml(ckpt_io.read_config_text(ckpt))
+    cfg = ckpt_io.load_checkpoint_config(ckpt)  # safe YAML; errors name the file
     system = build_system(cfg)
     manifest = ckpt_io.load_manifest(ckpt)
     ckpt_io.check_frozen_parts(manifest, system.manifest(), ckpt)

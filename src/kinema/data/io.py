@@ -18,6 +18,10 @@ Formats, chosen by the extension of the output path in :func:`write_video`:
 
 A batch ``[B, C, F, H, W]`` written as mp4 or gif is tiled into one grid video by
 :func:`tile_batch`.
+
+Transparency: frames with an alpha channel (GIF, APNG, WebM with alpha, ...) are composited on a
+black background when read, like the decoders that drop alpha (a transparent pixel reads as black,
+never as the white that FFmpeg's RGB conversion gives).
 """
 
 from __future__ import annotations
@@ -96,6 +100,15 @@ def tile_batch(videos: Tensor, nrow: Optional[int] = None, gap: int = 1, pad_val
 # ---- reading -----------------------------------------------------------------------------------
 
 
+def _rgb(frame) -> np.ndarray:
+    """A decoded PyAV frame as uint8 ``[H, W, 3]``; alpha (when the format has it) composited on black."""
+    if len(frame.format.components) != 4:
+        return frame.to_ndarray(format="rgb24")
+    rgba = frame.to_ndarray(format="rgba").astype(np.uint16)
+    return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+
+
+
 def read_video(path: PathLike, max_frames: Optional[int] = None) -> np.ndarray:
     """Decode a video (mp4, webm, mkv, avi, mov, gif, ...) into uint8 ``[F, H, W, 3]`` (RGB).
 
@@ -117,7 +130,7 @@ def read_video(path: PathLike, max_frames: Optional[int] = None) -> np.ndarray:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(_rgb(frame))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except VideoDecodeError:
@@ -138,7 +151,11 @@ def read_grid(path: PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             info = dict(getattr(im, "text", {}) or {})
-            pixels = np.asarray(im.convert("RGB"))
+            if "A" in im.getbands() or "transparency" in im.info:  # composite on black, as for videos
+                rgba = np.asarray(im.convert("RGBA")).astype(np.uint16)
+                pixels = ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+            else:
+                pixels = np.asarray(im.convert("RGB"))
     except Exception as e:
         raise VideoDecodeError(f"cannot read image {path}: {e}") from e
     layout = info.get(_GRID_KEY)
@@ -257,7 +274,7 @@ def _decode_indices(container, stream, wanted, last, fps, first):
     for i, frame in enumerate(container.decode(stream)):
         seen = i + 1
         if i in wanted:
-            got[i] = frame.to_ndarray(format="rgb24")
+            got[i] = _rgb(frame)
         if i >= last:
             break
     return got, seen
@@ -280,7 +297,7 @@ def _decode_from_pts(container, stream, wanted, last, fps, tb, start):
                 return got, seen, False
         seen = i + 1
         if i in wanted:
-            got[i] = frame.to_ndarray(format="rgb24")
+            got[i] = _rgb(frame)
         if i >= last:
             break
     return got, seen, all(w in got for w in wanted)

@@ -183,7 +183,8 @@ class _FolderBase(Dataset):
         """Item ``index``. If its file fails to decode now (it probed fine), a warning names it
         and the next file's item is returned instead (at most ``MAX_FALLBACKS`` tries)."""
         index = self._check_index(index)
-        for k in range(min(self.MAX_FALLBACKS, len(self.files))):
+        tries = min(self.MAX_FALLBACKS, len(self.files))
+        for k in range(tries):
             i = (index + k) % len(self.files)
             try:
                 return self._load(i)
@@ -192,8 +193,8 @@ class _FolderBase(Dataset):
                     self._warned.add((i, "error"))
                     warnings.warn(f"skipping {self.files[i]} at load time: {e}", stacklevel=2)
                 error = e
-        raise VideoDecodeError(f"{self.MAX_FALLBACKS} consecutive files from index {index} failed to decode "
-                               f"(last: {error})")
+        what = f"all {tries} {self.kind}" if tries == len(self.files) else f"{tries} consecutive {self.kind}"
+        raise VideoDecodeError(f"{what} tried from index {index} failed to decode (last: {error})")
 
     def _load(self, index: int) -> dict:
         raise NotImplementedError

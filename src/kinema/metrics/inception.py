@@ -190,7 +190,14 @@ def _read_state(path: Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).split(".")[0]
+        raise ValueError(f"{path} was refused by torch.load(weights_only=True): it holds objects other than "
+                         f"tensors ({first}); convert it to a plain state dict or .safetensors") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -31,23 +31,38 @@ class ClipSet:
     clips: Callable[[], Iterator[np.ndarray]]
 
 
-def npz_clips(path: str | Path, frames: int, num: Optional[int] = None) -> ClipSet:
+def _name(path: Path, side: str) -> str:
+    return f"{side} {path}" if side else str(path)
+
+
+def npz_clips(path: str | Path, frames: int, num: Optional[int] = None, side: str = "") -> ClipSet:
     """Clips from an ``.npz`` holding one uint8 array ``[N, F, H, W, C]`` or ``[N, F, H, W]`` (key
-    ``videos`` when there are several). Read with ``allow_pickle=False``."""
+    ``videos`` when there are several). Read with ``allow_pickle=False``. Errors name the file and
+    ``side`` (generated / reference)."""
     path = Path(path).expanduser()
-    with np.load(path, allow_pickle=False) as f:
-        keys = list(f.keys())
-        key = "videos" if "videos" in keys else keys[0] if len(keys) == 1 else None
-        if key is None:
-            raise ValueError(f"{path} holds arrays {keys}; name the clips 'videos'")
-        videos = f[key]
+    name = _name(path, side)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            key = "videos" if "videos" in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise ValueError(f"{name} holds arrays {keys}; name the clips 'videos'")
+            videos = f[key]
+    except ValueError as e:
+        if str(e).startswith(name):
+            raise
+        raise ValueError(f"cannot read {name}: {e}") from None  # not an npz, object arrays (pickles), ...
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError: truncated or not a zip
+        raise ValueError(f"cannot read {name}: {type(e).__name__}: {e}") from None
     if videos.dtype != np.uint8 or videos.ndim not in (4, 5):
-        raise ValueError(f"{path}:{key} must be uint8 [N, F, H, W, C] or [N, F, H, W], "
+        raise ValueError(f"{name} (array {key!r}) must be uint8 [N, F, H, W, C] or [N, F, H, W], "
                          f"got {videos.dtype} {videos.shape}")
     if videos.ndim == 4:
         videos = videos[..., None]
+    if len(videos) == 0:
+        raise ValueError(f"{name} holds no clips")
     if videos.shape[1] < frames:
-        raise ValueError(f"{path}: clips have {videos.shape[1]} frames, fewer than --frames {frames}")
+        raise ValueError(f"{name}: clips have {videos.shape[1]} frames, fewer than --frames {frames}")
     videos = videos[: num or len(videos), :frames]
     digest = hashlib.sha256(np.ascontiguousarray(videos).tobytes()).hexdigest()
     return ClipSet(str(path), len(videos), frames, digest, lambda: iter(videos))
@@ -84,13 +99,13 @@ def folder_clips(root: str | Path, frames: int, num: Optional[int] = None) -> Cl
     return ClipSet(str(root), len(clips), frames, hash_files(used, root), lambda: iter(clips))
 
 
-def load_clips(path: str | Path, frames: int, num: Optional[int] = None) -> ClipSet:
-    """A folder of videos or an ``.npz`` of clips."""
+def load_clips(path: str | Path, frames: int, num: Optional[int] = None, side: str = "") -> ClipSet:
+    """A folder of videos or an ``.npz`` of clips; ``side`` (generated / reference) names it in errors."""
     p = Path(path).expanduser()
     if p.is_dir():
         return folder_clips(p, frames, num)
     if p.suffix == ".npz" and p.is_file():
-        return npz_clips(p, frames, num)
+        return npz_clips(p, frames, num, side=side)
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist")
-    raise ValueError(f"{p}: expected a folder of videos or an .npz of uint8 clips")
+        raise FileNotFoundError(f"{_name(p, side)} does not exist")
+    raise ValueError(f"{_name(p, side)}: expected a folder of videos or an .npz of uint8 clips")

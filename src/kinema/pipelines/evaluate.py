@@ -27,6 +27,7 @@ from kinema.metrics.similarity import psnr, ssim
 from kinema.metrics.sources import ClipSet, load_clips
 from kinema.pipelines.sample import sample_videos
 from kinema.system import load_system, resolve_device
+from kinema.validate import NonFiniteError, require_finite
 
 METRICS = ("fvd", "fid", "psnr", "ssim")
 
@@ -43,8 +44,11 @@ def sampled_clips(checkpoint: str | Path, num: int, frames: Optional[int] = None
     """Draw ``num`` clips from a checkpoint (EMA weights) as uint8 ``[F, H, W, C]``."""
     system, ckpt = load_system(checkpoint, device=device)
     cfg = system.cfg
-    videos = sample_videos(system, num, steps=steps, sampler=sampler, seed=seed, frames=frames,
-                           batch_size=batch_size, progress=progress)
+    try:
+        videos = sample_videos(system, num, steps=steps, sampler=sampler, seed=seed, frames=frames,
+                               batch_size=batch_size, progress=progress)
+    except NonFiniteError as e:
+        raise NonFiniteError(f"generated side: sampling from checkpoint {ckpt}: {e}; nothing is scored") from None
     clips = to_uint8(videos)  # [N, F, H, W, C]
     tag = f"{ckpt}:{sampler or cfg.sample.sampler}:{steps or cfg.sample.steps}:{seed}"
     return ClipSet(str(ckpt), len(clips), clips.shape[1], tag, lambda: iter(clips))
@@ -54,7 +58,7 @@ def open_generated(path: str | Path, frames: int, num: Optional[int], **sample_k
     """A checkpoint is sampled (``num`` clips, default 16); anything else is read by :func:`load_clips`."""
     if is_checkpoint(path):
         return sampled_clips(path, num or 16, frames, **sample_kwargs)
-    return load_clips(path, frames, num)
+    return load_clips(path, frames, num, side="generated")
 
 
 def _frechet(metric: str, generated: ClipSet, reference: ClipSet, weights: Optional[str], cache: Path,
@@ -75,7 +79,9 @@ def _frechet(metric: str, generated: ClipSet, reference: ClipSet, weights: Optio
     key = stats_key(metric=metric, data=reference.content_hash, num=reference.num, frames=reference.frames,
                     weights=sha256_file(path))
     ref_stats, cached = cached_stats(cache, key, lambda: features(reference, "reference"))
-    gen_stats = GaussianStats.from_features(features(generated, "generated"))
+    gen_features = features(generated, "generated")
+    require_finite(gen_features, f"the {metric} features of the generated clips ({generated.source})")
+    gen_stats = GaussianStats.from_features(gen_features)
     return frechet_from_stats(gen_stats, ref_stats), {
         "weights": str(path), "reference_stats_cached": cached, "feature_unit": unit,
         "num_features_generated": gen_stats.n, "num_features_reference": ref_stats.n}
@@ -109,6 +115,8 @@ def evaluate(generated: ClipSet, reference: ClipSet, metric: str = "fvd", *, wei
         value, extra = _frechet(metric, generated, reference, weights, cache_dir(cache), batch_size, dev, progress)
     else:
         value, extra = _paired(metric, generated, reference)
+    if np.isnan(value):  # (inf is a valid PSNR of identical clips)
+        raise NonFiniteError(f"{metric} of {generated.source} against {reference.source} is NaN: not a result")
     return {"metric": metric, "value": value, "generated": generated.source, "reference": reference.source,
             "num_generated": generated.num, "num_reference": reference.num, "frames": generated.frames,
             "device": str(dev), "seconds": round(time.perf_counter() - start, 2), **extra}

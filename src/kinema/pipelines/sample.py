@@ -20,6 +20,7 @@ from kinema.diffusion.objective import Denoise, Denoiser
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
 from kinema.system import System, autocast, autocast_dtype, build_schedule
+from kinema.validate import require_finite
 
 
 @dataclass
@@ -178,6 +179,7 @@ def sample_videos(
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
         denoise = label_guided(net, complete_context(system, c, z), weight)
         video = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1))
+        require_finite(video, f"samples {start + 1}-{start + b} of {num}")  # NaN would be written as black
         outputs.append(system.space.decode(video).cpu())
     bar.close()
     return torch.cat(outputs)

@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from kinema import checkpoint as ckpt_io
 from kinema.conditioning import Conditioning
-from kinema.config import KinemaConfig, save_config, to_yaml
+from kinema.config import KinemaConfig, save_config, to_dict, to_yaml
 from kinema.diffusion.objective import TrainBatch
 from kinema.data.factory import build_dataset
 from kinema.data.io import write_video
@@ -42,6 +43,9 @@ from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce
                                      gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
                                      world_size)
 from kinema.train.ema import EMA
+from kinema.train.progress import BudgetBar
+from kinema.train.rundir import config_changes, locked_fit, prepare_run_dir
+from kinema.validate import check_train_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,7 +115,8 @@ class StepOutput:
 class Trainer:
     """Owns the model, optimizer, EMA, data stream and run directory of one training run."""
 
-    def __init__(self, cfg: KinemaConfig, *, resume: bool = False, dataset=None) -> None:
+    def __init__(self, cfg: KinemaConfig, *, resume: bool = False, overwrite: bool = False, dataset=None) -> None:
+        check_train_config(cfg)  # ranges and choices, before the run directory is touched
         self.cfg = cfg
         t = cfg.train
         if t.parallel not in PARALLEL_MODES:
@@ -128,7 +133,8 @@ class Trainer:
                              f"x train.grad_accum ({t.grad_accum})")
         self.micro_batch = per_step
         self.amp = autocast_dtype(t.precision, self.device)
-        self.out_dir = Path(t.out_dir).expanduser()
+        self.out_dir = prepare_run_dir(Path(t.out_dir).expanduser(), resume=resume, overwrite=overwrite,
+                                       main=is_main(), report=print0)  # refuses an existing run / a live lock
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.system = build_system(cfg)
         self.model = self.system.model.to(self.device)
@@ -206,7 +212,20 @@ class Trainer:
         if not found:
             print0(f"no checkpoint in {self.out_dir}/ckpt; starting from scratch")
             return None
-        return found[-1]
+        last = ckpt_io.newest_intact(self.out_dir, report=print0, set_aside=is_main())
+        if last is None:
+            raise ckpt_io.CheckpointError(f"no intact checkpoint left in {self.out_dir}/ckpt (all were corrupt and "
+                                          f"moved aside as corrupt-step-*); train into a new train.out_dir")
+        self._report_config_changes(last)
+        return last
+
+    def _report_config_changes(self, last: Path) -> None:
+        """Say what differs between checkpoint ``last``'s config and this run's (the resumed run is no
+        longer an exact continuation; model changes fail when the weights load)."""
+        changes = config_changes(to_dict(ckpt_io.load_checkpoint_config(last)), to_dict(self.cfg))
+        if changes:
+            warnings.warn(f"resuming {last} with a changed config ({'; '.join(changes)}): the run continues, "
+                          f"but not as an exact continuation of the original", stacklevel=3)
 
     def _resume(self, last: Path) -> None:
         """Optimizer, EMA, step and RNG state from checkpoint ``last`` (the weights are already in).
@@ -280,6 +299,7 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------
 
+    @locked_fit
     def fit(self) -> dict:
         """Train until ``train.steps`` (or the ``train.minutes`` budget); returns a summary."""
         t = self.cfg.train
@@ -291,6 +311,7 @@ class Trainer:
         start_step, start = self.step, time.time()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (t.progress and is_main()),
                    dynamic_ncols=True)
+        bar = BudgetBar(bar, t.steps, t.minutes)  # total and ETA against whichever of steps / minutes ends first
         loss_sum = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         window_start, window_steps = time.time(), 0
