@@ -19,6 +19,7 @@ housekeeping done at each start (DESIGN.md section 7, issue 11).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,6 +28,10 @@ import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
+
+import torch
+
+from kinema.train.distributed import all_reduce_max, barrier, is_main, print0
 
 LOCK_NAME = ".lock"
 TMP_RE = re.compile(r"^\.tmp-step-\d+-(\d+)$")
@@ -329,14 +334,8 @@ def locked_fit(fit):
     agree on the outcome, so none waits for a rank that gave up), removes the debris of killed
     checkpoint writes and truncates ``log.jsonl`` to the step being resumed; the lock is released in
     a ``finally``. A run that fails before writing anything leaves no new directory behind."""
-    import functools
-
     @functools.wraps(fit)
     def wrapper(self, *args, **kwargs):
-        import torch
-
-        from kinema.train.distributed import all_reduce_max, barrier, is_main, print0
-
         run_dir = Path(self.out_dir)
         existed = run_dir.exists()
         lock, error = None, None
