@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import torch
 
-from kinema.train.distributed import all_reduce_max, barrier, is_main, print0
+from kinema.train import distributed as dist
 
 LOCK_NAME = ".lock"
 TMP_RE = re.compile(r"^\.tmp-step-\d+-(\d+)$")
@@ -339,17 +339,17 @@ def locked_fit(fit):
         run_dir = Path(self.out_dir)
         existed = run_dir.exists()
         lock, error = None, None
-        if is_main():
+        if dist.is_main():
             try:
-                lock = RunLock(run_dir, report=print0).acquire()
-                clean_tmp_debris(run_dir, report=print0)
+                lock = RunLock(run_dir, report=dist.print0).acquire()
+                clean_tmp_debris(run_dir, report=dist.print0)
                 dropped = truncate_log(run_dir / "log.jsonl", self.step)
                 if dropped:
-                    print0(f"log.jsonl: dropped {dropped} row(s) after step {self.step} (logged after the last "
+                    dist.print0(f"log.jsonl: dropped {dropped} row(s) after step {self.step} (logged after the last "
                            f"checkpoint; they are logged again)")
             except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
                 error = e
-        failed = all_reduce_max(torch.tensor(float(error is not None), device=self.device))
+        failed = dist.all_reduce_max(torch.tensor(float(error is not None), device=self.device))
         if error is not None or failed.item() > 0:
             if lock is not None:
                 lock.release()
@@ -363,7 +363,7 @@ def locked_fit(fit):
                 lock.release()
                 if not ok and not existed:
                     remove_if_unused(run_dir)
-        barrier()  # no rank leaves before the lock is gone (a next Trainer on any rank would see it held)
+        dist.barrier()  # no rank leaves before the lock is gone (a next Trainer on any rank would see it held)
         return result
 
     return wrapper
