@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
 from kinema.config import KinemaConfig, save_config, to_yaml
+from kinema.data.joint import check_joint_conditioning
 from kinema.diffusion.objective import diffusion_loss, sample_t
 from kinema.models.text import TextConditioned
 from kinema.pipelines.build import autocast, autocast_dtype, build_model, build_schedule, resolve_device
@@ -178,6 +179,8 @@ class Trainer:
         if isinstance(self.model, TextConditioned) and "caption" not in item:
             raise ValueError(f"model.text.encoder={self.cfg.model.text.encoder} needs captions, but the "
                              f"'{d.dataset}' items have keys {sorted(item)}")
+        check_joint_conditioning(self.dataset, ["caption" if isinstance(self.model, TextConditioned) else None,
+                                                d.class_key])
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, Conditioning]:
         """``batch_to_inputs`` with this run's text encoder (the trained one) and class key."""
