@@ -96,3 +96,33 @@ def test_joint_items_collate_to_batched_segments():
     assert batch["video"].shape == (3, 3, 4, 8, 8)
     assert batch["frame_segments"].shape == (3, 4) and batch["frame_segments"].dtype == torch.long
     assert batch["frame_segments"][0].tolist() == [0, 0, 1, 2]
+
+
+def test_joint_training_refuses_per_item_conditioning():
+    """Appended images come from other clips, so the clip's caption / class is wrong for them: a
+    conditional model must not train on such items (the review found 67 of 80 images mis-captioned)."""
+    from kinema.data.joint import check_joint_conditioning
+
+    joint = JointImageVideo(Frames(), num_images=2)
+    mislabelled = [item for item in (joint[i] for i in range(6))
+                   if any(abs(float(v) - item["label"] / 100) > 1e-6 for v in item["video"][0, 4:, 1, 1])]
+    assert mislabelled  # the appended frames belong to other items than the caption / label names
+    for keys in (["caption"], ["label"], ["caption", "label"]):
+        with pytest.raises(ValueError, match="image_fraction.*" + keys[0]):
+            check_joint_conditioning(joint, keys)
+    check_joint_conditioning(joint, [None])  # unconditional: fine
+    check_joint_conditioning(JointImageVideo(Frames(), num_images=0), ["caption"])  # no images: fine
+    check_joint_conditioning(Frames(), ["caption"])  # plain videos: fine
+
+
+@pytest.mark.parametrize("extra", [
+    {"model.unet.text_dim": 16, "model.text.encoder": "builtin", "model.text.dim": 16, "model.text.depth": 1,
+     "model.text.heads": 2},
+    {"data.class_key": "color_id", "model.unet.num_classes": 7},
+])
+def test_trainer_refuses_joint_training_of_conditional_models(tiny, extra):
+    from kinema.train.loop import Trainer
+
+    with pytest.raises(ValueError, match="image_fraction"):
+        Trainer(tiny(**{"data.image_fraction": 0.5, **extra}))
+    Trainer(tiny(**extra))  # the same model without appended images builds

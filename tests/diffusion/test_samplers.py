@@ -87,7 +87,11 @@ def test_thresholding():
 
 # ---- cross-check against diffusers ------------------------------------------------------------------
 
-diffusers = pytest.importorskip("diffusers")
+try:  # only these cross-checks need diffusers; the closed-form tests above run without it
+    import diffusers
+except ImportError:
+    diffusers = None
+needs_diffusers = pytest.mark.skipif(diffusers is None, reason="diffusers is not installed")
 
 
 def _trained_betas(n=1000):
@@ -111,6 +115,7 @@ def _model_output(z, logsnr, param):
     return output_from_prediction(pred.x, pred.eps, alpha, sigma, param)
 
 
+@needs_diffusers
 @pytest.mark.parametrize("param,dtype", [("eps", "epsilon"), ("v", "v_prediction")])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_step_matches_diffusers(param, dtype, eta):
@@ -135,6 +140,7 @@ def test_ddim_step_matches_diffusers(param, dtype, eta):
         torch.testing.assert_close(ours, theirs.to(torch.float64), rtol=1e-5, atol=1e-5)
 
 
+@needs_diffusers
 @pytest.mark.parametrize("param,dtype", [("eps", "epsilon"), ("v", "v_prediction")])
 def test_dpmpp_2m_matches_diffusers(param, dtype):
     from kinema.diffusion.objective import Denoiser

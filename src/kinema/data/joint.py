@@ -40,13 +40,31 @@ def frame_segments(num_frames: int, num_images: int) -> torch.Tensor:
     return torch.cat([torch.zeros(num_frames, dtype=torch.long), torch.arange(1, num_images + 1)])
 
 
+def check_joint_conditioning(dataset: Dataset, conditioning_keys) -> None:
+    """Raise ValueError when ``dataset`` appends independent images (a :class:`JointImageVideo` with
+    ``num_images > 0``) and the model reads per-item conditioning from ``conditioning_keys`` (e.g.
+    ``["caption"]`` for a text-conditional model, ``[data.class_key]`` for a class-conditional one):
+    the appended images come from other clips, so the item's caption or class would be wrong for
+    them (VDM conditions every frame of an item on one caption)."""
+    keys = [k for k in conditioning_keys if k]
+    if isinstance(dataset, JointImageVideo) and dataset.num_images > 0 and keys:
+        raise ValueError(f"joint image-video training (data.image_fraction > 0) cannot be combined with per-item "
+                         f"conditioning on {keys}: the {dataset.num_images} appended images per item come from "
+                         f"other clips, but the model would apply the clip's {' / '.join(keys)} to them. Use "
+                         f"data.image_fraction=0 for text- or class-conditional models, or train unconditionally")
+
+
 class JointImageVideo(Dataset):
     """Video clips with ``num_images`` independent images appended as extra frames.
 
     Item ``i``: the item of ``videos[i]`` with ``"video"`` ``[C, F, H, W]`` replaced by
     ``[C, F + K, H, W]`` (clip first, then the K images) and ``"frame_segments"`` LongTensor
     ``[F + K]`` added (0 for the clip, 1..K for the images). Other keys (caption, metadata)
-    are the video item's.
+    are the video item's, so they describe the clip and *not* the appended images: the U-Net
+    applies one caption / class to every frame, hence training a text- or class-conditional model
+    on these items would teach it images under another item's caption. :func:`check_joint_conditioning`
+    refuses that combination (the trainer calls it); joint training is for unconditional models
+    until per-frame conditioning exists.
 
     Images come from ``images`` (a dataset of 1-frame items ``[C, 1, H, W]``, e.g.
     :class:`~kinema.data.video_folder.ImageFolder`), or, when ``images`` is None, are single

@@ -34,6 +34,7 @@ from kinema.config import KinemaConfig, save_config, to_dict, to_yaml
 from kinema.diffusion.objective import TrainBatch
 from kinema.data.factory import build_dataset
 from kinema.data.io import write_video
+from kinema.data.joint import check_joint_conditioning
 from kinema.data.loader import infinite_batches
 from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import make_conditioning, sample_videos
@@ -190,6 +191,8 @@ class Trainer:
         if isinstance(self.model, TextConditioned) and "caption" not in item:
             raise ValueError(f"model.text.encoder={self.cfg.model.text.encoder} needs captions, but the "
                              f"'{d.dataset}' items have keys {sorted(item)}")
+        check_joint_conditioning(self.dataset, ["caption" if isinstance(self.model, TextConditioned) else None,
+                                                d.class_key])
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, Conditioning]:
         """``batch_to_inputs`` with this run's text encoder (the trained one) and class key."""
