@@ -132,6 +132,9 @@ def test_config_validation_names_the_bad_value():
         model(torch.zeros(1, 3, 4, 6, 6), torch.zeros(1), None)
     with pytest.raises(ValueError, match="max_frames.*10 token frames"):
         model(torch.zeros(1, 3, 10, 8, 8), torch.zeros(1), None)
+    temporal = tiny(patch_size=(2, 2, 2), spatiotemporal_window=(1, 2, 2))
+    with pytest.raises(ValueError, match=r"\[\[0, 0, 0, 1\]\].*temporal patch of 2"):
+        temporal(torch.zeros(1, 3, 4, 8, 8), torch.zeros(1), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
 
 
 def test_tiny_walt_trains_and_samples(tmp_path):

@@ -309,7 +309,12 @@ class WALT(nn.Module):
                              f"(model.walt.max_frames); z has {f} frames = {T} token frames")
         segments = getattr(cond, "frame_segments", None)
         if segments is not None:
-            segments = segments.to(z.device)[:, ::pt]  # [B, T] (a temporal patch lies in one segment)
+            if pt > 1 and segments.device.type == "cpu":  # (no host sync on GPU, like ClassEmbedding)
+                split = segments.unflatten(1, (T, pt))  # [B, T, pt]
+                if (split != split[..., :1]).any():
+                    raise ValueError(f"frame_segments {segments.tolist()} put frames of different segments "
+                                     f"into one temporal patch of {pt} frames (patch_size[0])")
+            segments = segments.to(z.device)[:, ::pt]  # [B, T]: a temporal patch lies in one segment
         cond = self.embedding.normalize_text(cond)
         c = F.silu(self.embedding(logsnr.to(z.device), cond, b))  # [B, D]
         shared = None if self.shared_adaln is None else self.shared_adaln(c)  # [B, 6D]
