@@ -200,5 +200,7 @@ def test_registry_and_parameter_count():
     entry = backbone_entry("unet3d")
     assert isinstance(model, UNet3D) and (entry.config_cls, entry.model_cls, entry.section) == (UNetConfig, UNet3D, "unet")
     assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
-    with pytest.raises(ValueError, match="'walt'.*unet3d"):
+    with pytest.raises(ValueError, match="'dit'.*unet3d"):
+        build_backbone("dit", tiny_cfg())
+    with pytest.raises(TypeError, match="'walt' is built from a WALTConfig, got UNetConfig"):
         build_backbone("walt", tiny_cfg())
