@@ -45,7 +45,7 @@ def build_model(cfg: KinemaConfig) -> nn.Module:
     net = build_backbone(cfg.model.name, cfg.model.backbone)
     encoder = build_text_encoder(cfg.model.text)
     text_dim = backbone_spec(net).text_dim
-    section = f"model.{ckpt_section(cfg)}"
+    section = f"model.{config_section(cfg)}"
     if encoder is None:
         if text_dim > 0:
             raise ValueError(f"the backbone takes text ({section}.text_dim={text_dim}) but model.text.encoder=none; "
@@ -57,7 +57,7 @@ def build_model(cfg: KinemaConfig) -> nn.Module:
     return TextConditioned(net, encoder)
 
 
-def ckpt_section(cfg: KinemaConfig) -> str:
+def config_section(cfg: KinemaConfig) -> str:
     """The YAML key of the backbone's config section (``unet`` for ``unet3d``), for messages."""
     return backbone_entry(cfg.model.name).section
 
@@ -164,10 +164,6 @@ class System:
     def manifest(self) -> dict:
         """The parts section of a checkpoint's manifest (see :mod:`kinema.checkpoint`)."""
         return {name: part.manifest() for name, part in self.parts.items()}
-
-    @property
-    def schedule(self) -> Schedule:
-        return build_schedule(self.cfg)
 
     @property
     def is_context_model(self) -> bool:

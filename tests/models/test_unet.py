@@ -6,6 +6,7 @@ from kinema.models import UNet3D, UNetConfig, backbone_entry, build_backbone
 from kinema.models.embeddings import conditioning_channels
 from kinema.models.attention import TemporalAttention
 from kinema.models.blocks import TemporalConv
+from model_helpers import randomize
 
 
 def tiny_cfg(**kw):
@@ -13,15 +14,6 @@ def tiny_cfg(**kw):
                 norm_groups=4)
     base.update(kw)
     return UNetConfig(**base)
-
-
-def randomize(model, seed=0, std=0.2):
-    """Re-randomize every parameter (zero-initialized ones too) so that information can flow."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def per_frame_change(a, b):

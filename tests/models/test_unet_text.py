@@ -8,7 +8,8 @@ from kinema.conditioning import Conditioning, drop_conditioning
 from kinema.models import UNet3D
 from kinema.models.attention import TextCrossAttention
 
-from models.test_unet import randomize, tiny_cfg
+from model_helpers import randomize
+from models.test_unet import tiny_cfg
 
 
 def _model():

@@ -22,19 +22,19 @@ frames with their mask.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from kinema.models.blocks import NoiseLevelEmbedding, sinusoidal_embedding
+from kinema.models.blocks import NoiseLevelEmbedding, logsnr_to_position, sinusoidal_embedding
 from kinema.resize import resize_video
 
-# name -> (value used when cond leaves the field unset, scale applied before the sinusoidal features)
+# name -> (value used when cond leaves the field unset, map onto the ~[0, 1000] range of the sinusoidal features)
 SCALAR_CONDITIONS = {
-    "lowres_logsnr": (20.0, None),  # unset: a clean low-resolution input (no augmentation noise)
-    "guidance_weight": (0.0, 100.0),  # w in [0, ~10] -> [0, 1000]
-    "fps": (0.0, 10.0),  # fps in [0, ~100] -> [0, 1000]
+    "lowres_logsnr": (20.0, logsnr_to_position),  # unset: a clean low-resolution input (no augmentation noise)
+    "guidance_weight": (0.0, lambda w: 100.0 * w),  # w in [0, ~10]
+    "fps": (0.0, lambda fps: 10.0 * fps),  # fps in [0, ~100]
 }
 
 
@@ -82,23 +82,16 @@ class TextEmbedding(nn.Module):
 
 
 class ScalarEmbedding(nn.Module):
-    """A per-item scalar ``[B]`` -> ``[B, emb_dim]``: sinusoidal features, then Linear -> SiLU -> Linear."""
+    """A per-item scalar ``[B]`` -> ``[B, emb_dim]``: ``position(values)`` (onto ~[0, 1000]), sinusoidal
+    features, then Linear -> SiLU -> Linear (``mlp[-1]`` is the output layer)."""
 
-    def __init__(self, dim: int, emb_dim: int, scale: Optional[float]) -> None:
+    def __init__(self, dim: int, emb_dim: int, position: Callable[[Tensor], Tensor]) -> None:
         super().__init__()
-        self.dim, self.scale = dim, scale
-        self.noise = NoiseLevelEmbedding(dim, emb_dim) if scale is None else None  # a log-SNR: same map as t
-        self.mlp = None if scale is None else nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(),
-                                                            nn.Linear(emb_dim, emb_dim))
-
-    @property
-    def out(self) -> nn.Linear:
-        return (self.noise.mlp if self.noise is not None else self.mlp)[-1]
+        self.dim, self.position = dim, position
+        self.mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, values: Tensor) -> Tensor:
-        if self.noise is not None:
-            return self.noise(values)
-        return self.mlp(sinusoidal_embedding(values.float() * self.scale, self.dim))
+        return self.mlp(sinusoidal_embedding(self.position(values.float()), self.dim))
 
 
 class ConditioningEmbedding(nn.Module):
@@ -122,8 +115,8 @@ class ConditioningEmbedding(nn.Module):
     def zero_init(self) -> None:
         """Zero the output layer of every optional scalar embedding (called from a model's init)."""
         for emb in self.scalars.values():
-            nn.init.zeros_(emb.out.weight)
-            nn.init.zeros_(emb.out.bias)
+            nn.init.zeros_(emb.mlp[-1].weight)
+            nn.init.zeros_(emb.mlp[-1].bias)
 
     def normalize_text(self, cond):
         """``cond`` with ``text_emb`` LayerNorm'ed (a copy; ``cond`` is not modified)."""

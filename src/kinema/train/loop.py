@@ -39,7 +39,7 @@ from kinema.data.loader import infinite_batches
 from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import make_conditioning, sample_videos
 from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
-                           ckpt_section, named_trainable_parameters, resolve_device)
+                           config_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
                                      gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
                                      world_size)
@@ -146,6 +146,7 @@ class Trainer:
         self.objective = build_objective(cfg)
         # One stream of t and noise for the global batch, identical on every rank (see draw_global).
         self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003)
+        self.random = GlobalRandom(self)  # the objective's draws, all through draw_global
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
         item = self.dataset[0]  # one item (decoding a file for folder datasets), for the checks below
         self._check_channels(item)
@@ -172,7 +173,7 @@ class Trainer:
     def _check_channels(self, item: dict) -> None:
         spec, channels = self.system.spec, item["video"].shape[0]
         if channels != spec.in_channels:
-            section = f"model.{ckpt_section(self.cfg)}"
+            section = f"model.{config_section(self.cfg)}"
             raise ValueError(f"{section}.in_channels={spec.in_channels} but dataset '{self.cfg.data.dataset}' yields "
                              f"{channels}-channel videos; set {section}.in_channels={channels}")
 
@@ -181,7 +182,7 @@ class Trainer:
         if d.class_key is not None:
             if spec.num_classes < 1:
                 raise ValueError(f"data.class_key={d.class_key!r} needs a class-conditional model: set "
-                                 f"model.{ckpt_section(self.cfg)}.num_classes to the number of classes")
+                                 f"model.{config_section(self.cfg)}.num_classes to the number of classes")
             if d.class_key not in item:
                 raise ValueError(f"data.class_key={d.class_key!r} is not a key of the '{d.dataset}' items "
                                  f"(keys: {sorted(item)})")
@@ -275,7 +276,7 @@ class Trainer:
             x = self.system.space.encode(x)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            loss, _ = self.objective({MODEL: self.net}, TrainBatch(x, cond, batch), GlobalRandom(self))
+            loss, _ = self.objective({MODEL: self.net}, TrainBatch(x, cond, batch), self.random)
         return loss
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
