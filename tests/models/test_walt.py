@@ -150,8 +150,10 @@ def test_config_validation_names_the_bad_value():
         temporal(torch.zeros(1, 3, 4, 8, 8), torch.zeros(1), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
 
 
-def test_tiny_walt_trains_and_samples(tmp_path):
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_tiny_walt_trains_and_samples(tmp_path, self_condition):
     cfg = load_config(None, [
+        f"model.walt.self_condition={str(self_condition).lower()}",
         "model.name=walt", "model.walt.hidden_dim=16", "model.walt.depth=2", "model.walt.heads=2",
         "model.walt.spatiotemporal_window=[2,4,4]", "model.walt.max_frames=4",
         "data.num_frames=4", "data.size=16", f"train.out_dir={tmp_path / 'run'}", "train.batch_size=2",
@@ -160,6 +162,7 @@ def test_tiny_walt_trains_and_samples(tmp_path):
     assert cfg.model.name == "walt" and cfg.model.walt.spatiotemporal_window == (2, 4, 4)
     trainer = Trainer(cfg)
     assert isinstance(trainer.model, WALT)
+    assert trainer.objective.self_condition == (0.5 if self_condition else 0.0), "enabled from the spec"
     before = trainer.model.out.weight.detach().clone()
     trainer.fit()
     assert not torch.equal(before, trainer.model.out.weight), "the zero-initialized output layer learns"
