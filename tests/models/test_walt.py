@@ -238,3 +238,23 @@ def test_tiny_walt_memorizes_a_clip_with_and_without_self_conditioning(self_cond
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
+
+
+def test_window_attention_is_sdpa_without_a_mask_unless_segments_need_one(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape, None if attn_mask is None else attn_mask.shape))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = tiny(spatiotemporal_window=(2, 2, 2)).eval()  # 4 frames of 4x4 tokens: spatial 1x4x4, st 2x2x2
+    z = torch.randn(1, 3, 4, 8, 8)
+    with torch.no_grad():
+        model(z, torch.zeros(1), None)
+        assert calls == [((4, 2, 16, 8), None), ((8, 2, 8, 8), None)], "windows are batch entries, no mask"
+        calls.clear()
+        model(z, torch.zeros(1), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
+    # the segment mask is per window (8 windows of 8 tokens), only in the spatiotemporal block
+    assert calls == [((4, 2, 16, 8), None), ((8, 2, 8, 8), (8, 1, 8, 8))]
