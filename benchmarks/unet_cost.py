@@ -71,9 +71,19 @@ class _Traffic(TorchDispatchMode):
 
 
 def step_cost(cfg: UNetConfig, batch: int, frames: int, size: int, channels_last: bool = False) -> dict:
+    """The cost of one U-Net training step (see the module docstring)."""
+    name = f"unet3d-w{cfg.dim}-m{''.join(map(str, cfg.dim_mults))}-{frames}x{size}"
+    return model_step_cost(lambda: UNet3D(cfg), name, cfg.in_channels, batch, frames, size,
+                           cfg.gradient_checkpointing, channels_last)
+
+
+def model_step_cost(build, config: str, in_channels: int, batch: int, frames: int, size: int,
+                    checkpointing: bool, channels_last: bool = False) -> dict:
+    """The cost of one training step of any backbone ``build()`` (``net(z, logsnr, cond)``) on
+    ``[batch, in_channels, frames, size, size]`` inputs, run on the meta device."""
     with torch.device("meta"):
-        model = UNet3D(cfg)
-        x = torch.empty(batch, cfg.in_channels, frames, size, size)
+        model = build()
+        x = torch.empty(batch, in_channels, frames, size, size)
         logsnr = torch.zeros(batch)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -100,8 +110,7 @@ def step_cost(cfg: UNetConfig, batch: int, frames: int, size: int, channels_last
         flops[kind] += n
     total = sum(flops.values())
     act_elems = sum(saved.values())
-    return {"config": f"unet3d-w{cfg.dim}-m{''.join(map(str, cfg.dim_mults))}-{frames}x{size}", "batch": batch,
-            "checkpointing": cfg.gradient_checkpointing, "channels_last": channels_last,
+    return {"config": config, "batch": batch, "checkpointing": checkpointing, "channels_last": channels_last,
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "train_tflop": round(total / 1e12, 3),
             "share": {k: round(v / total, 3) for k, v in sorted(flops.items())},

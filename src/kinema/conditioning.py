@@ -19,6 +19,10 @@ Shapes (B = batch, F = frames, L = text tokens):
   see frame j only when ``frame_segments[b, i] == frame_segments[b, j]``. ``None`` means every
   frame of an item belongs to one clip. Joint image-video training (VDM section 3) appends
   independent images as extra frames, each with a segment id of its own.
+- ``self_cond``       ``[B, C, F, H, W]`` the previous estimate x_hat of the clean z, for
+  self-conditioned backbones (Chen et al. 2022, "Analog Bits"; spec ``reads`` has ``"self_cond"``).
+  Set by the objective in training and by the sampling pipelines; ``None`` means "no estimate yet"
+  (the backbone uses zeros). Never dropped by guidance: both branches get the same estimate.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Conditioning:
     fps: Optional[Tensor] = None
     guidance_weight: Optional[Tensor] = None
     frame_segments: Optional[Tensor] = None
+    self_cond: Optional[Tensor] = None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Conditioning":
         """A copy with ``fn`` applied to every tensor field that is set."""
@@ -122,6 +127,13 @@ def drop_conditioning(cond: Optional[Conditioning], drop: Optional[Tensor] = Non
             out.context = where(cond.context, 0)
         if cond.context_mask is not None:
             out.context_mask = where(cond.context_mask, False)
+    return out
+
+
+def with_self_cond(cond: Optional[Conditioning], x_hat: Optional[Tensor]) -> Conditioning:
+    """``cond`` (or an empty Conditioning) with ``self_cond = x_hat`` (a copy; ``cond`` is unchanged)."""
+    out = dataclasses.replace(cond) if cond is not None else Conditioning()
+    out.self_cond = x_hat
     return out
 
 

@@ -29,9 +29,9 @@ from kinema import checkpoint as ckpt_io
 from kinema.config import KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.guidance import GuidanceDropout
-from kinema.diffusion.objective import DiffusionObjective
+from kinema.diffusion.objective import SELF_CONDITION_PROB, DiffusionObjective
 from kinema.diffusion.schedule import Schedule, resolution_shift
-from kinema.models import backbone_entry, backbone_spec, build_backbone
+from kinema.models import BackboneSpec, backbone_entry, backbone_spec, build_backbone
 from kinema.models.text import TextConditioned, TransformersTextEncoder, build_text_encoder
 from kinema.spaces import build_space
 
@@ -71,13 +71,16 @@ def build_schedule(cfg: KinemaConfig) -> Schedule:
     return Schedule(d.schedule, d.logsnr_min, d.logsnr_max)
 
 
-def build_objective(cfg: KinemaConfig) -> DiffusionObjective:
+def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> DiffusionObjective:
     """The training objective of a config: the diffusion loss of ``cfg.diffusion`` with the
-    conditioning hooks the config turns on (classifier-free guidance dropout, context frames)."""
+    conditioning hooks the config turns on (classifier-free guidance dropout, context frames), and
+    self-conditioning when the backbone's ``spec`` reads ``self_cond`` (pass the spec of the model that
+    trains; without one, self-conditioning is off)."""
     d, t = cfg.diffusion, cfg.train
     hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context))
+    self_condition = SELF_CONDITION_PROB if spec is not None and "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
-                              hooks)
+                              hooks, self_condition)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

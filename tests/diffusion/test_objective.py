@@ -126,3 +126,31 @@ def test_denoiser_wrapper_broadcasts_scalar_logsnr():
     assert seen["logsnr"].shape == (6,) and seen["logsnr"].dtype == torch.float32
     a, _ = coefficients(torch.full((6,), 2.0, dtype=torch.float64), x)
     torch.testing.assert_close(pred.x, x / a)
+
+
+@pytest.mark.parametrize("param", ["x", "v"])
+def test_self_conditioned_net_feeds_a_stop_gradient_estimate_to_the_chosen_items(param):
+    from kinema.conditioning import Conditioning
+    from kinema.diffusion.objective import self_conditioned
+
+    calls = []
+    weight = torch.tensor(0.5, requires_grad=True)
+
+    def net(z, logsnr, cond):  # records what each pass sees; output depends on the estimate
+        calls.append((z.shape[0], torch.is_grad_enabled(), cond.self_cond, cond.class_labels))
+        extra = 0 if cond.self_cond is None else cond.self_cond
+        return weight * z + extra
+
+    g = torch.Generator().manual_seed(0)
+    z, logsnr = torch.randn(3, 1, 2, 4, 4, generator=g), torch.tensor([-1.0, 0.0, 2.0])
+    cond = Conditioning(class_labels=torch.tensor([4, 5, 6]))
+    out = self_conditioned(net, torch.tensor([True, False, True]), param)(z, logsnr, cond)
+    (first_b, first_grad, first_est, first_labels), (second_b, _, x_hat, labels) = calls
+    assert (first_b, first_grad, first_est, first_labels.tolist()) == (2, False, None, [4, 6])
+    assert second_b == 3 and torch.equal(labels, cond.class_labels) and cond.self_cond is None
+    alpha, sigma = coefficients(logsnr[[0, 2]].double(), z[[0, 2]])
+    expected = prediction_from_output(0.5 * z[[0, 2]], z[[0, 2]], alpha, sigma, param).x
+    torch.testing.assert_close(x_hat[[0, 2]], expected)
+    assert torch.count_nonzero(x_hat[1]) == 0 and not x_hat.requires_grad
+    out.sum().backward()
+    torch.testing.assert_close(weight.grad, z.sum())  # the gradient flows through the second pass only

@@ -26,9 +26,10 @@ CASES = [
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8)),
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 0, 0), spatial_window=(2, 2),
                   num_classes=3, text_dim=6, adaln_lora_rank=4, qk_norm=False, max_frames=8)),
+    ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8, self_condition=True)),
 ]
 IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "toy", "toy-class", "walt",
-       "walt-text-class-lora"]
+       "walt-text-class-lora", "walt-self-condition"]
 
 
 def build(name, overrides, seed=0):
@@ -51,6 +52,8 @@ def inputs(spec, b=2, f=4, seed=0):
         cond.context = torch.randn(z.shape, generator=g)
         cond.context_mask = torch.zeros(b, f, dtype=torch.bool)
         cond.context_mask[:, 0] = True
+    if "self_cond" in spec.reads:
+        cond.self_cond = torch.randn(z.shape, generator=g)
     for name in ("guidance_weight", "lowres_logsnr", "fps"):
         if name in spec.reads:
             setattr(cond, name, torch.rand(b, generator=g) * 3)

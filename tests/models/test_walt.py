@@ -1,6 +1,9 @@
 """The W.A.L.T transformer backbone (Gupta et al. 2023): window partition round trips, window
 attention that really stays inside its windows, segment-aware positions, zero start, gradient flow,
-the qk-norm / AdaLN-LoRA / checkpointing variants, and a tiny run through the trainer and sampler."""
+the qk-norm / AdaLN-LoRA / checkpointing variants, self-conditioning, and a tiny run through the
+trainer and sampler."""
+
+import itertools
 
 import pytest
 import torch
@@ -33,6 +36,16 @@ def test_window_partition_and_merge_round_trip(shape, window):
     assert torch.equal(window_merge(windows, window, (b, t, h, w)), x)
     # the first window holds exactly the top-left-first block of the grid
     assert torch.equal(windows[0], x[0, :window[0], :window[1], :window[2]].reshape(-1, d))
+
+
+def test_window_partition_round_trips_for_every_window_and_refuses_every_other():
+    x = torch.randn(2, 4, 6, 4, 3)  # [B, T, H, W, D]
+    for window in itertools.product(range(1, 5), range(1, 7), range(1, 5)):
+        if all(g % k == 0 for g, k in zip((4, 6, 4), window)):
+            assert torch.equal(window_merge(window_partition(x, window), window, (2, 4, 6, 4)), x), window
+        else:
+            with pytest.raises(ValueError, match="4x6x4.*{}x{}x{}".format(*window)):
+                window_partition(x, window)
 
 
 def test_window_partition_names_sizes_that_do_not_divide():
@@ -76,15 +89,22 @@ def test_positions_count_within_segments():
     assert positions_in_segment(segments).tolist() == [[0, 1, 2, 0, 0], [0, 1, 0, 1, 2]]
 
 
-def test_fresh_model_outputs_zero_and_blocks_are_identity():
-    model = tiny(text_dim=4, num_classes=2, adaln_lora_rank=2).eval()
+@pytest.mark.parametrize("kw", [dict(text_dim=4, num_classes=2, adaln_lora_rank=2), dict(self_condition=True, depth=4)])
+def test_fresh_model_outputs_zero_and_blocks_are_identity(kw):
+    model = tiny(**kw).eval()
     z = torch.randn(2, 3, 4, 8, 8)
     cond = Conditioning(text_emb=torch.randn(2, 3, 4), class_labels=torch.tensor([0, 1]))
+    if kw.get("self_condition"):
+        cond = Conditioning(self_cond=torch.randn_like(z))
+    seen = []  # the token stream entering the first block and leaving the last
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model.blocks[-1].register_forward_hook(lambda m, args, out: seen.append(out))
     with torch.no_grad():
         assert torch.count_nonzero(model(z, torch.tensor([-1.0, 2.0]), cond)) == 0
+        assert torch.equal(seen[0], seen[1]), "the whole block stack is the identity on the input embedding"
         x = torch.randn(2, 4, 4, 4, 16)
         c = torch.randn(2, 16)
-        shared = model.shared_adaln(c)
+        shared = None if model.shared_adaln is None else model.shared_adaln(c)
         for block in model.blocks:
             assert torch.equal(block(x, c, shared, (2, 2, 2), None, cond), x)
 
@@ -130,8 +150,10 @@ def test_config_validation_names_the_bad_value():
         temporal(torch.zeros(1, 3, 4, 8, 8), torch.zeros(1), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
 
 
-def test_tiny_walt_trains_and_samples(tmp_path):
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_tiny_walt_trains_and_samples(tmp_path, self_condition):
     cfg = load_config(None, [
+        f"model.walt.self_condition={str(self_condition).lower()}",
         "model.name=walt", "model.walt.hidden_dim=16", "model.walt.depth=2", "model.walt.heads=2",
         "model.walt.spatiotemporal_window=[2,4,4]", "model.walt.max_frames=4",
         "data.num_frames=4", "data.size=16", f"train.out_dir={tmp_path / 'run'}", "train.batch_size=2",
@@ -140,6 +162,7 @@ def test_tiny_walt_trains_and_samples(tmp_path):
     assert cfg.model.name == "walt" and cfg.model.walt.spatiotemporal_window == (2, 4, 4)
     trainer = Trainer(cfg)
     assert isinstance(trainer.model, WALT)
+    assert trainer.objective.self_condition == (0.5 if self_condition else 0.0), "enabled from the spec"
     before = trainer.model.out.weight.detach().clone()
     trainer.fit()
     assert not torch.equal(before, trainer.model.out.weight), "the zero-initialized output layer learns"
@@ -150,3 +173,88 @@ def test_tiny_walt_trains_and_samples(tmp_path):
 def test_registered_under_model_walt():
     model = build_backbone("walt", WALTConfig(hidden_dim=16, depth=2, heads=2))
     assert model.spec.reads == ("frame_segments",) and model.spec.size_multiple == 8
+
+
+def test_bad_latent_sizes_fail_before_compute_and_say_what_works():
+    model = tiny(patch_size=(1, 2, 2), spatial_window=(2, 2), spatiotemporal_window=(2, 2, 2))  # H, W: x4; F: x2
+
+    def no_compute(*args):
+        raise AssertionError("the model computed before refusing the input")
+
+    model.patch_embed.register_forward_pre_hook(no_compute)
+    with pytest.raises(ValueError, match=r"divisible by 4; the input z is 10x12 \(crop to 8x12 or pad to 12x12\)"):
+        model(torch.zeros(1, 3, 4, 10, 12), torch.zeros(1), None)
+    with pytest.raises(ValueError, match=r"multiple of 2; the input z has 5 \(trim to 4 or pad to 6\)"):
+        model(torch.zeros(1, 3, 5, 8, 8), torch.zeros(1), None)
+    with pytest.raises(ValueError, match=r"at least 2 frames.*has 1 \(pad to 2\)"):
+        model(torch.zeros(1, 3, 1, 8, 8), torch.zeros(1), None)
+
+
+def test_self_condition_input_reaches_the_output_and_is_refused_when_off():
+    model = randomize(tiny(self_condition=True), seed=2).eval()
+    assert "self_cond" in model.spec.reads and model.patch_embed.in_channels == 6
+    z, logsnr = torch.randn(2, 3, 4, 8, 8), torch.tensor([0.0, 1.0])
+    x_hat = torch.randn_like(z)
+    bumped = x_hat.clone()
+    bumped[0, :, 0, 0, 0] += 1.0  # one pixel of item 0's estimate
+    with torch.no_grad():
+        a = model(z, logsnr, Conditioning(self_cond=x_hat))
+        b = model(z, logsnr, Conditioning(self_cond=bumped))
+        none, zeros = model(z, logsnr, Conditioning()), model(z, logsnr, Conditioning(self_cond=torch.zeros_like(z)))
+    assert (a[0] - b[0]).abs().max() > 1e-4, "the estimate changes the output"
+    assert torch.equal(a[1], b[1]), "items do not mix"
+    assert torch.equal(none, zeros), "no estimate is the zero estimate"
+    with pytest.raises(ValueError, match=r"self_cond must have z's shape \(2, 3, 4, 8, 8\)"):
+        model(z, logsnr, Conditioning(self_cond=x_hat[:, :, :2]))
+    plain = tiny()
+    assert "self_cond" not in plain.spec.reads
+    with pytest.raises(ValueError, match="self_condition=false"):
+        plain(z, logsnr, Conditioning(self_cond=x_hat))
+
+
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_tiny_walt_memorizes_a_clip_with_and_without_self_conditioning(self_condition):
+    from kinema.diffusion.objective import SELF_CONDITION_PROB, LocalRandom, TrainBatch
+    from kinema.models.backbone import backbone_spec
+    from kinema.system import build_objective
+
+    cfg = load_config(None, ["model.name=walt", "model.walt.hidden_dim=32", "model.walt.depth=2",
+                             "model.walt.heads=2", f"model.walt.self_condition={str(self_condition).lower()}",
+                             "model.walt.spatiotemporal_window=[2,4,4]", "model.walt.max_frames=8",
+                             "data.num_frames=8", "data.size=16"])
+    torch.manual_seed(0)
+    model = WALT(cfg.model.walt)
+    objective = build_objective(cfg, backbone_spec(model))
+    assert objective.self_condition == (SELF_CONDITION_PROB if self_condition else 0.0)
+    clip = torch.linspace(-1, 1, 8)[None, None, :, None, None].expand(2, 3, 8, 16, 16).contiguous()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = LocalRandom(torch.Generator().manual_seed(0), 2)
+    losses = []
+    for _ in range(60):
+        loss, _ = objective({"model": model}, TrainBatch(clip, Conditioning(), {}), rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+
+
+def test_window_attention_is_sdpa_without_a_mask_unless_segments_need_one(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape, None if attn_mask is None else attn_mask.shape))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = tiny(spatiotemporal_window=(2, 2, 2)).eval()  # 4 frames of 4x4 tokens: spatial 1x4x4, st 2x2x2
+    z = torch.randn(1, 3, 4, 8, 8)
+    with torch.no_grad():
+        model(z, torch.zeros(1), None)
+        assert calls == [((4, 2, 16, 8), None), ((8, 2, 8, 8), None)], "windows are batch entries, no mask"
+        calls.clear()
+        model(z, torch.zeros(1), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
+    # the segment mask is per window (8 windows of 8 tokens), only in the spatiotemporal block
+    assert calls == [((4, 2, 16, 8), None), ((8, 2, 8, 8), (8, 1, 8, 8))]

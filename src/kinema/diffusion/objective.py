@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Protoc
 import torch
 from torch import Tensor
 
+from kinema.conditioning import with_self_cond
 from kinema.diffusion.schedule import Schedule, alpha_sigma
 
 Parameterization = Literal["eps", "x", "v"]
@@ -266,6 +267,32 @@ class LocalRandom:
         return torch.rand(n, generator=self.generator, device=self.generator.device)
 
 
+SELF_CONDITION_PROB = 0.5  # Chen et al. 2022 (Analog Bits), section 3: self-condition half of the training steps
+
+
+def self_conditioned(net: Net, use: Tensor, parameterization: Parameterization) -> Net:
+    """Self-conditioning in training (Chen et al. 2022, "Analog Bits", section 3, Algorithm 1):
+    ``net'(z_t, logsnr, cond)`` where the items with ``use [B]`` (bool) first get an estimate
+    ``x_hat = x(net(z_t, logsnr, cond without estimate))`` from a pass *without gradient*, then the trained
+    pass takes it as ``cond.self_cond`` (stop-gradient); the other items get ``self_cond = 0``, what the
+    model sees at the first sampling step. Only the ``use`` rows run the first pass (one host sync for
+    their indices); ``net`` must read ``cond.self_cond`` (spec ``reads`` has ``"self_cond"``)."""
+
+    def net_with_estimate(z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
+        x_hat = torch.zeros_like(z)  # [B, C, F, H, W]
+        rows = use.to(z.device).nonzero().flatten()
+        if rows.numel():
+            with torch.no_grad():
+                sub = with_self_cond(cond, None).map(lambda t: t[rows])
+                z_s, logsnr_s = z[rows], logsnr[rows]
+                alpha, sigma = coefficients(logsnr_s.to(torch.float64), z_s)
+                x_hat[rows] = prediction_from_output(net(z_s, logsnr_s, sub).to(z.dtype), z_s, alpha, sigma,
+                                                     parameterization).x
+        return net(z, logsnr, with_self_cond(cond, x_hat))
+
+    return net_with_estimate
+
+
 ConditioningHook = Callable[[Tensor, Any, BatchRandom], "tuple[Any, Optional[Tensor]]"]
 
 
@@ -277,8 +304,10 @@ class DiffusionObjective:
     ``parts["model"]`` is the network ``net(z_t, logsnr, cond)``. ``hooks`` run in order on the
     batch's conditioning before noise is drawn, each ``hook(x, cond, rng) -> (cond, frame_weight)``
     (``frame_weight [B, F]`` or None; weights multiply): e.g. dropping text / labels for
-    classifier-free guidance, adding known context frames. Random draws, in order: the hooks', then
-    t, then the noise, all through ``rng``. ``logs`` are detached scalar tensors (no host sync).
+    classifier-free guidance, adding known context frames. ``self_condition`` (a probability; 0: off)
+    trains a backbone that reads ``cond.self_cond`` with :func:`self_conditioned`. Random draws, in order:
+    the hooks', then t, then the noise, then (with self-conditioning) one U(0, 1) per item, all through
+    ``rng``. ``logs`` are detached scalar tensors (no host sync).
     """
 
     schedule: Schedule
@@ -287,6 +316,11 @@ class DiffusionObjective:
     min_snr_gamma: float = 5.0
     t_sampling: str = "stratified"
     hooks: tuple = ()
+    self_condition: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.self_condition <= 1.0:
+            raise ValueError(f"self_condition is a probability in [0, 1], got {self.self_condition}")
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
@@ -297,7 +331,10 @@ class DiffusionObjective:
         t = rng.draw(lambda n: sample_t(n, self.t_sampling, generator=rng.generator, device=x.device))
         noise = rng.draw(lambda n: torch.randn((n, *x.shape[1:]), generator=rng.generator, device=x.device,
                                                dtype=x.dtype))
-        out = diffusion_loss(parts["model"], x, cond, schedule=self.schedule, parameterization=self.parameterization,
+        net = parts["model"]
+        if self.self_condition > 0:
+            net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization)
+        out = diffusion_loss(net, x, cond, schedule=self.schedule, parameterization=self.parameterization,
                              weighting=self.weighting, min_snr_gamma=self.min_snr_gamma, t=t, noise=noise,
                              frame_weight=frame_weight)
         return out.loss, {"loss": out.loss.detach()}

@@ -21,7 +21,7 @@ from torch import nn
 
 # Conditioning fields (kinema.conditioning.Conditioning) a backbone may read.
 CONDITIONING_FIELDS = ("text", "class_labels", "context", "lowres", "lowres_logsnr", "fps", "guidance_weight",
-                       "frame_segments")
+                       "frame_segments", "self_cond")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class BackboneSpec:
     backbone takes from ``cond`` besides z (low-resolution video, context frames + mask);
     ``text_dim`` (0: none) and ``num_classes`` (0: none); ``size_multiple``: H and W must be
     multiples of it; ``frame_multiple`` / ``min_frames``: the same for F; ``reads``: the
-    :data:`CONDITIONING_FIELDS` it uses (``frame_segments`` = it honours joint image-video masks).
+    :data:`CONDITIONING_FIELDS` it uses (``frame_segments`` = it honours joint image-video masks;
+    ``self_cond`` = it takes a previous estimate x_hat of z's shape, so the objective trains it with
+    self-conditioning and the sampling pipelines feed it the last estimate).
     """
 
     in_channels: int
@@ -53,12 +55,22 @@ class BackboneSpec:
 
     def check_video_shape(self, frames: int, height: int, width: int, what: str = "video") -> None:
         """Raise a ValueError naming the constraint when a ``frames x height x width`` input cannot work."""
-        if height % self.size_multiple or width % self.size_multiple:
-            raise ValueError(f"this backbone needs height and width divisible by {self.size_multiple}; the {what} "
-                             f"is {height}x{width}")
+        m = self.size_multiple
+        if height % m or width % m:
+            (dh, uh), (dw, uw) = _round(height, m, m), _round(width, m, m)
+            fix = f"pad to {uh}x{uw}" if min(dh, dw) < m else f"crop to {dh}x{dw} or pad to {uh}x{uw}"
+            raise ValueError(f"this backbone needs height and width divisible by {m}; the {what} is {height}x{width} "
+                             f"({fix})")
         if frames < self.min_frames or frames % self.frame_multiple:
+            down, up = _round(frames, self.frame_multiple, self.min_frames)
+            fix = f"pad to {up}" if down < self.min_frames else f"trim to {down} or pad to {up}"
             raise ValueError(f"this backbone needs at least {self.min_frames} frames, a multiple of "
-                             f"{self.frame_multiple}; the {what} has {frames}")
+                             f"{self.frame_multiple}; the {what} has {frames} ({fix})")
+
+
+def _round(value: int, multiple: int, minimum: int) -> tuple[int, int]:
+    """(the largest multiple of ``multiple`` <= ``value``, the smallest one >= max(``value``, ``minimum``))."""
+    return value // multiple * multiple, -(-max(value, minimum) // multiple) * multiple
 
 
 @dataclass(frozen=True)

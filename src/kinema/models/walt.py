@@ -24,9 +24,22 @@ never exchange information. Spatial windows never cross frames; inside spatiotem
 only when ``frame_segments`` is given, SDPA gets a boolean mask built per window from the segment ids
 (token i may attend to token j iff their frames share a segment). Without segments no mask is built.
 
+Self-conditioning (Chen et al. 2022, "Analog Bits", section 3; used by W.A.L.T, section 4): with
+``self_condition`` the patch embedding takes ``[z, x_hat]`` (2C channels), ``x_hat = cond.self_cond``
+the previous estimate of the clean z, zeros when absent. The spec declares ``reads = (..., "self_cond")``;
+the objective (:func:`kinema.diffusion.objective.self_conditioned`) and the sampling pipelines
+(:class:`kinema.pipelines.sample.SamplingNet`) supply the estimate. Without the flag a given
+``cond.self_cond`` is refused.
+
 Every block starts as the identity (zero-initialized AdaLN gates) and the output layer is
-zero-initialized, so a fresh model outputs exactly 0. Not here (yet): self-conditioning (needs a
-previous-estimate input the objective does not provide), the causal 3D autoencoder, the latent space.
+zero-initialized, so a fresh model outputs exactly 0. Not here: the causal 3D autoencoder and the
+latent space (``models/autoencoder.py``, ``spaces.py``).
+
+Attention cost: every window attention is a reshape (:func:`window_partition`) + one
+``F.scaled_dot_product_attention`` call without a mask, so fused (flash / memory-efficient) kernels
+apply. The one mask is the segment mask of joint image-video batches (``cond.frame_segments`` given),
+built per window: ``[(B n), 1, N, N]`` booleans for windows of N tokens, i.e. B*T*H*W*N bytes, not a
+full ``[L, L]`` matrix; with it SDPA uses the memory-efficient kernel (flash takes no mask).
 """
 
 from __future__ import annotations
@@ -64,7 +77,8 @@ class WALTConfig:
     text_dim: int = 0  # > 0: cross-attention to cond.text_emb + pooled text in AdaLN
     adaln_lora_rank: int = 0  # 0: plain AdaLN per block; > 0: shared AdaLN + per-block rank-r term
     qk_norm: bool = True
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # activation checkpointing per block (recompute in backward)
+    self_condition: bool = False  # take the previous estimate cond.self_cond as C extra input channels
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
@@ -259,7 +273,8 @@ class WALT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.patch_embed = nn.Conv3d(cfg.in_channels, d, cfg.patch_size, stride=cfg.patch_size)
+        inputs = cfg.in_channels * (2 if cfg.self_condition else 1)  # [z, x_hat] with self-conditioning
+        self.patch_embed = nn.Conv3d(inputs, d, cfg.patch_size, stride=cfg.patch_size)
         self.temporal_pos = nn.Parameter(torch.randn(cfg.max_frames, d) * 0.02)  # learned, [T_max, D]
         self.embedding = ConditioningEmbedding(d, d, num_classes=cfg.num_classes, text_dim=cfg.text_dim)
         self.shared_adaln = nn.Linear(d, 6 * d) if cfg.adaln_lora_rank else None
@@ -291,10 +306,25 @@ class WALT(nn.Module):
         st, sth, stw = cfg.spatiotemporal_window
         mult_h = ph * math.lcm(cfg.spatial_window[0] or 1, sth or 1)
         mult_w = pw * math.lcm(cfg.spatial_window[1] or 1, stw or 1)
-        reads = ["frame_segments"] + (["text"] if cfg.text_dim else []) + (["class_labels"] if cfg.num_classes else [])
+        reads = (["frame_segments"] + (["text"] if cfg.text_dim else []) + (["class_labels"] if cfg.num_classes else [])
+                 + (["self_cond"] if cfg.self_condition else []))
         return BackboneSpec(in_channels=cfg.in_channels, out_channels=cfg.in_channels, text_dim=cfg.text_dim,
                             num_classes=cfg.num_classes, size_multiple=math.lcm(mult_h, mult_w),
                             frame_multiple=pt * (st or 1), min_frames=pt * (st or 1), reads=tuple(reads))
+
+    def with_estimate(self, z: Tensor, x_hat: Optional[Tensor]) -> Tensor:
+        """The patch embedding's input: ``z`` alone, or with ``self_condition`` ``[z, x_hat]`` on channels
+        (``x_hat`` zeros when None: "no estimate yet", Chen et al. 2022, Algorithm 1)."""
+        if not self.cfg.self_condition:
+            if x_hat is not None:
+                raise ValueError("cond.self_cond is set but this WALT was built without self-conditioning "
+                                 "(model.walt.self_condition=false)")
+            return z
+        if x_hat is None:
+            x_hat = torch.zeros_like(z)
+        elif x_hat.shape != z.shape:
+            raise ValueError(f"cond.self_cond must have z's shape {tuple(z.shape)}, got {tuple(x_hat.shape)}")
+        return torch.cat([z, x_hat.to(z.dtype)], dim=1)
 
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         cfg = self.cfg
@@ -307,6 +337,7 @@ class WALT(nn.Module):
         if T > cfg.max_frames:
             raise ValueError(f"WALT has temporal position embeddings for {cfg.max_frames} token frames "
                              f"(model.walt.max_frames); z has {f} frames = {T} token frames")
+        z_in = self.with_estimate(z, getattr(cond, "self_cond", None))  # [B, C or 2C, F, H, W]
         segments = getattr(cond, "frame_segments", None)
         if segments is not None:
             if pt > 1 and segments.device.type == "cpu":  # (no host sync on GPU, like ClassEmbedding)
@@ -319,7 +350,7 @@ class WALT(nn.Module):
         c = F.silu(self.embedding(logsnr.to(z.device), cond, b))  # [B, D]
         shared = None if self.shared_adaln is None else self.shared_adaln(c)  # [B, 6D]
 
-        x = rearrange(self.patch_embed(z), "b d t h w -> b t h w d")  # [B, T, H, W, D]
+        x = rearrange(self.patch_embed(z_in), "b d t h w -> b t h w d")  # [B, T, H, W, D]
         x = x + sincos_2d(H, W, cfg.hidden_dim, z.device).to(x.dtype)
         frame_pos = torch.arange(T, device=z.device).expand(b, T) if segments is None else positions_in_segment(segments)
         x = x + self.temporal_pos[frame_pos][:, :, None, None, :].to(x.dtype)  # [B, T, 1, 1, D]

@@ -107,7 +107,7 @@ def conditional_denoiser(system: System, method: str, x_a: Tensor, known: Tensor
             view = known[:, None, :, None, None].to(x_a.dtype)
             denoise = reconstruction_guidance(denoise, x_a * view, frame_selection(known), recon_weight,
                                               correct=~known)
-    return replacement(denoise, x_a, known, generator=generator)
+    return with_amp.track(replacement(denoise, x_a, known, generator=generator))  # (self-conditioning state)
 
 
 def extend_video(system: System, video: Tensor, frames: int, *, method: str = "reconstruction",

@@ -13,10 +13,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context
+from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context, with_self_cond
 from kinema.config import KinemaConfig
 from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guidance_weights, weight_by_logsnr
-from kinema.diffusion.objective import Denoise, Denoiser
+from kinema.diffusion.objective import Denoise, Denoiser, Prediction
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
 from kinema.system import System, autocast, autocast_dtype, build_schedule
@@ -63,19 +63,59 @@ def complete_context(system: System, cond: Optional[Conditioning], z: torch.Tens
                                                                   device=z.device))
 
 
-def autocast_denoiser(system: System, precision: str = "auto"):
+class SamplingNet:
     """``net(z, logsnr, cond) -> Prediction``: the system's model wrapped by :class:`Denoiser` in the
     config's parameterization, each call under bf16 autocast on CUDA (``precision``, see
-    ``autocast_dtype``). The one place sampling pipelines turn a backbone into a denoiser."""
-    device = system.device
-    amp = autocast_dtype(precision, device)
-    denoiser = Denoiser(system.model, system.cfg.diffusion.parameterization)
+    ``autocast_dtype``). The one place sampling pipelines turn a backbone into a denoiser.
 
-    def net(z: torch.Tensor, logsnr: torch.Tensor, cond: Optional[Conditioning]):
-        with autocast(device, amp):
-            return denoiser(z, logsnr, cond)
+    Self-conditioning (Chen et al. 2022, "Analog Bits", Algorithm 2), when the backbone's spec reads
+    ``self_cond``: samplers are stateless, so the estimate lives here. :meth:`track` wraps the
+    sampler-ready denoiser of one sampling run (after guidance, reconstruction guidance, replacement)
+    and remembers the x_hat of each of its calls; every model call of the next step gets that x_hat as
+    ``cond.self_cond`` (zeros before the first step). A classifier-free-guided call of 2B items gets
+    the same (guided) x_hat for its conditional and unconditional halves."""
 
-    return net
+    def __init__(self, system: System, precision: str = "auto") -> None:
+        self.device = system.device
+        self.amp = autocast_dtype(precision, self.device)
+        self.denoiser = Denoiser(system.model, system.cfg.diffusion.parameterization)
+        self.self_conditioned = "self_cond" in system.spec.reads
+        self.x_hat: Optional[torch.Tensor] = None  # [B, C, F, H, W], the last estimate of this run
+
+    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, cond: Optional[Conditioning]) -> Prediction:
+        if self.self_conditioned:
+            cond = with_self_cond(cond, self.estimate(z))
+        with autocast(self.device, self.amp):
+            return self.denoiser(z, logsnr, cond)
+
+    def estimate(self, z: torch.Tensor) -> Optional[torch.Tensor]:
+        """The last x_hat for a call on ``z [k*B, ...]`` (repeated k times; k = 2 under guidance), or None."""
+        if self.x_hat is None:
+            return None
+        b, n = self.x_hat.shape[0], z.shape[0]
+        if n % b or z.shape[1:] != self.x_hat.shape[1:]:
+            raise ValueError(f"self-conditioning: a call on z of shape {tuple(z.shape)} after an estimate of "
+                             f"shape {tuple(self.x_hat.shape)}; use one track() per sampling run")
+        return torch.cat([self.x_hat] * (n // b)) if n > b else self.x_hat
+
+    def track(self, denoise: Denoise) -> Denoise:
+        """``denoise`` (a sampling run's outermost denoiser) remembering each prediction's x as the next
+        estimate; starts a new run (no estimate). Returns ``denoise`` itself for other backbones."""
+        self.x_hat = None
+        if not self.self_conditioned:
+            return denoise
+
+        def tracked(z: torch.Tensor, logsnr: torch.Tensor) -> Prediction:
+            pred = denoise(z, logsnr)
+            self.x_hat = pred.x.detach()
+            return pred
+
+        return tracked
+
+
+def autocast_denoiser(system: System, precision: str = "auto") -> SamplingNet:
+    """The system's model as a sampling :class:`SamplingNet` ``net(z, logsnr, cond) -> Prediction``."""
+    return SamplingNet(system, precision)
 
 
 def labelled(cond: Optional[Conditioning]) -> bool:
@@ -178,7 +218,7 @@ def sample_videos(
         z = torch.randn((b, *shape), generator=generator, device=device)
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
         denoise = label_guided(net, complete_context(system, c, z), weight)
-        video = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1))
+        video = run(net.track(denoise), z, generator=generator, callback=lambda *a: bar.update(1))
         require_finite(video, f"samples {start + 1}-{start + b} of {num}")  # NaN would be written as black
         outputs.append(system.space.decode(video).cpu())
     bar.close()

@@ -41,8 +41,9 @@ def upsample_video(system: System, lowres: Tensor, *, size: Optional[int] = None
     y = lowres.to(device, torch.float32)
     z = torch.randn((y.shape[0], *system.space.shape(y.shape[2], size)), generator=generator, device=device)
     c = complete_context(system, cond.to(device) if cond is not None else None, z)
-    denoise = label_guided(autocast_denoiser(system, precision), c, guidance)
-    guided = reconstruction_guidance(denoise, y, spatial_downsampling(tuple(y.shape[-2:])), recon_weight)
+    net = autocast_denoiser(system, precision)
+    guided = reconstruction_guidance(label_guided(net, c, guidance), y, spatial_downsampling(tuple(y.shape[-2:])),
+                                     recon_weight)
     with tqdm(total=run.steps, desc="upsample", unit="step", disable=not progress) as bar, torch.no_grad():
-        video = run(guided, z, generator=generator, callback=lambda *a: bar.update(1))
+        video = run(net.track(guided), z, generator=generator, callback=lambda *a: bar.update(1))
     return system.space.decode(video).cpu()

@@ -143,7 +143,7 @@ class Trainer:
             torch.manual_seed(t.seed + rank())  # but each rank its own dropout stream
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.objective = build_objective(cfg)
+        self.objective = build_objective(cfg, self.system.spec)
         # One stream of t and noise for the global batch, identical on every rank (see draw_global).
         self.generator = torch.Generator(self.device).manual_seed(t.seed * 1000003)
         self.random = GlobalRandom(self)  # the objective's draws, all through draw_global
