@@ -30,6 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from kinema.diffusion.context import ContextConfig
+from kinema.diffusion.superres import SRConfig
 from kinema.models import backbone_entry, backbone_names
 from kinema.models.text import TextConfig
 
@@ -171,6 +172,7 @@ class KinemaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sr: SRConfig = field(default_factory=SRConfig)  # super-resolution stage of a cascade (diffusion/superres.py)
 
 
 # ---- generic machinery ---------------------------------------------------------------------------
