@@ -104,7 +104,7 @@ class DataConfig:
     path: Optional[str] = None  # folder of videos (dataset=folder) or MNIST file (moving_digits)
     num_frames: int = 16
     size: int = 32
-    frame_stride: int = 1
+    frame_stride: int = 1  # frames between clip frames (synthetic data: every k-th frame of a k-times longer clip)
     fps: Optional[float] = None
     crop: Literal["center", "random"] = "random"
     image_fraction: float = 0.0  # joint image-video training: share of each item's frames that are images
