@@ -11,8 +11,9 @@ from conftest import tiny_overrides
 from kinema import checkpoint as ckpt_io
 from kinema.cli import main
 from kinema.config import load_config
+from kinema.data.io import write_video
 from kinema.pipelines.cascade import StageSettings, parse_stage_list, plan_cascade, run_cascade
-from kinema.pipelines.sample import lowres_conditioning
+from kinema.pipelines.sample import lowres_conditioning, sample_videos
 from kinema.system import build_system, load_system
 from kinema.train.loop import Trainer
 
@@ -73,6 +74,8 @@ def test_settings_are_checked_before_any_sampling(tmp_path):
     with pytest.raises(ValueError, match="no stage of the cascade is text-conditional"):
         run_cascade([base, tsr], 1, prompts=["a digit"], progress=False)
     assert not calls, "nothing was sampled"
+    with pytest.raises(ValueError, match="is a super-resolution stage"):
+        sample_videos(tsr, 1, steps=1, progress=False)
     assert parse_stage_list("64,,32", 3, int, "--stage-steps") == [64, None, 32]
     assert parse_stage_list("8", 2, int, "--stage-steps") == [8, 8]
     with pytest.raises(ValueError, match="--stage-steps has 2 values for 3 stages"):
@@ -103,6 +106,15 @@ def test_kinema_cascade_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "outputs 1 channels x 4 frames x 8x8" in err and "expects" in err
     assert not bad.exists()
+    # kinema upsample with an SR stage conditions on the input, which must have the stage's input shape
+    small, wrong = tmp_path / "small.gif", tmp_path / "wrong.gif"
+    g = torch.Generator().manual_seed(0)  # distinct frames (a GIF merges identical ones)
+    write_video(small, torch.rand(1, 1, 8, 8, 8, generator=g) * 2 - 1, fps=4)
+    write_video(wrong, torch.rand(1, 1, 8, 16, 16, generator=g) * 2 - 1, fps=4)
+    assert main(["upsample", str(ssr), "--input", str(small), "--steps", "2", "--out", str(tmp_path / "up.gif")]) == 0
+    assert main(["upsample", str(ssr), "--input", str(wrong), "--steps", "2", "--out", str(tmp_path / "no.gif")]) == 2
+    assert "[B, 1, 8, 8, 8] low-resolution videos; the input video is [1, 1, 8, 16, 16]" in capsys.readouterr().err
+    assert not (tmp_path / "no.gif").exists()
     # the base stays an ordinary model: kinema extend works on it
     system, _ = load_system(base, device="cpu")
     assert not system.is_sr_stage

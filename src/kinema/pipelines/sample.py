@@ -191,6 +191,9 @@ def sample_videos(
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be >= 1, got num={num}, batch_size={batch_size}")
+    if system.is_sr_stage and (cond is None or cond.lowres is None):
+        raise ValueError("this checkpoint is a super-resolution stage: it samples from a low-resolution video "
+                         "(kinema cascade BASE ... this, or kinema upsample this --input low.mp4)")
     run = SamplerSettings.from_system(system, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
                                       thresholding=thresholding)
     device = system.device
