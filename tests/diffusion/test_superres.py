@@ -123,3 +123,17 @@ def test_sr_config_errors_name_the_key(tmp_path):
 
 def test_sr_config_defaults_are_not_a_stage():
     assert not SRConfig().is_stage and SRConfig(temporal_factor=2).is_stage
+
+
+@pytest.mark.parametrize("dataset", ["moving_digits", "bouncing_shapes"])
+def test_synthetic_frame_stride_gives_the_base_the_frames_a_tsr_stage_degrades_to(dataset):
+    """A cascade's base trains on every k-th frame (data.frame_stride=k) of the clips its x k TSR stage
+    trains on, so the base's output is what the TSR stage learned to take."""
+    from kinema.config import DataConfig
+    from kinema.data.factory import build_dataset
+
+    high = build_dataset(DataConfig(dataset=dataset, num_frames=8, size=16, length=4))
+    low = build_dataset(DataConfig(dataset=dataset, num_frames=4, size=16, length=4, frame_stride=2))
+    for i in range(2):
+        assert low[i]["video"].shape[1] == 4
+        assert torch.equal(low[i]["video"], degrade(high[i]["video"][None], 1, 2)[0])
