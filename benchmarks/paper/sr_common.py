@@ -18,7 +18,7 @@ from kinema.resize import resize_video
 from kinema.train.loop import Trainer
 
 SIZES = {  # smoke: minutes on 2 shared CPU cores; full: minutes on one GPU
-    "smoke": {"dim": 8, "frames": 8, "size": 16, "steps": 300, "batch": 4, "num": 8, "sample_steps": 16},
+    "smoke": {"dim": 16, "frames": 8, "size": 16, "steps": 500, "batch": 4, "num": 8, "sample_steps": 32},
     "full": {"dim": 32, "frames": 16, "size": 64, "steps": 5000, "batch": 16, "num": 64, "sample_steps": 64},
 }
 
@@ -52,7 +52,8 @@ def train_ssr(args, name: str, parameterization: str = "v", aug_max: float = 0.0
         "diffusion.parameterization": parameterization, "diffusion.weighting": parameterization,
         "data.dataset": "bouncing_shapes", "data.num_frames": s["frames"], "data.size": s["size"],
         "sr.spatial_factor": 2, "sr.aug_max": aug_max, "train.steps": s["steps"], "train.batch_size": s["batch"],
-        "train.lr": 1e-3, "train.warmup_steps": min(100, s["steps"] // 4), "train.ema_decay": 0.995,
+        "train.lr": 2e-3, "train.lr_schedule": "constant", "train.warmup_steps": min(50, s["steps"] // 4),
+        "train.ema_decay": 0.99,
         "train.ckpt_every": s["steps"], "train.sample_every": 0, "train.log_every": 50, "train.tensorboard": False,
         "train.progress": False, "train.device": args.device, "train.out_dir": str(Path(args.out) / name),
     }
