@@ -137,3 +137,11 @@ def test_synthetic_frame_stride_gives_the_base_the_frames_a_tsr_stage_degrades_t
     for i in range(2):
         assert low[i]["video"].shape[1] == 4
         assert torch.equal(low[i]["video"], degrade(high[i]["video"][None], 1, 2)[0])
+
+
+def test_trainer_preview_of_an_sr_stage_upsamples_degraded_training_clips(tmp_path):
+    from kinema.train.loop import Trainer
+
+    cfg = load_config(None, sr_overrides(tmp_path, spatial=2, temporal=2, **{"train.sample_steps": 2}))
+    path = Trainer(cfg).preview(tmp_path / "preview.gif", num=2)
+    assert path.stat().st_size > 0
