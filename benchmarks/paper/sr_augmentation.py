@@ -8,7 +8,7 @@ Trains one x2 SSR stage with t_aug ~ U[0, --aug-max], then upsamples degraded un
 sampling level t_aug in --levels, from two kinds of input: `clean` (the true downsampled clip) and
 `corrupted` (the same plus Gaussian noise of std --corrupt, standing in for the artefacts of a
 lower stage, which is what augmentation is for). One JSON line per (input, level): PSNR against the
-true high-resolution clip and the colour shift.
+true high-resolution clip and the colour shift, plus the input upsampled bilinearly as a reference.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 
 import torch
 
+from kinema.resize import resize_video
 from sr_common import colour_shift, parser, psnr, real_pairs, size_of, train_ssr, upsample
 
 
@@ -29,11 +30,15 @@ def main() -> None:
     s = size_of(args)
     high, low = real_pairs(args)
     corrupted = (low + args.corrupt * torch.randn(low.shape, generator=torch.Generator().manual_seed(7))).clamp(-1, 1)
+    for name, inputs in (("clean", low), ("corrupted", corrupted)):  # reference: the input, upsampled bilinearly
+        up = resize_video(inputs, tuple(high.shape[-2:]), antialias=False)
+        print(json.dumps({"benchmark": "sr_augmentation", "input": name, "level": None, "method": "bilinear",
+                          "psnr": round(psnr(up, high), 2), "num": s["num"], "smoke": args.smoke}), flush=True)
     system, seconds = train_ssr(args, "ssr_aug", "v", args.aug_max)
     for name, inputs in (("clean", low), ("corrupted", corrupted)):
         for level in args.levels:
             out = upsample(system, inputs, level, s["sample_steps"])
-            print(json.dumps({"benchmark": "sr_augmentation", "input": name, "level": level,
+            print(json.dumps({"benchmark": "sr_augmentation", "input": name, "level": level, "method": "ssr",
                               "psnr": round(psnr(out, high), 2), "shift": round(colour_shift(out, low)["shift"], 4),
                               "aug_max": args.aug_max, "train_steps": s["steps"], "train_seconds": round(seconds, 1),
                               "num": s["num"], "smoke": args.smoke}), flush=True)

@@ -39,8 +39,8 @@ def test_plan_accepts_a_matching_cascade_and_names_both_stages_on_a_mismatch(tmp
     assert [p.makes for p in plan] == [(1, 4, 8), (1, 8, 8), (1, 8, 16)]
     assert plan[1].takes == (1, 4, 8) and plan[2].takes == (1, 8, 8)
     bad = systems(tmp_path, (4, 8), (8, 16, 2, 1))  # SSR expects 8 frames of 8^2, base makes 4 frames
-    with pytest.raises(ValueError, match=r"stage 1 outputs 1 channels x 4 frames x 8x8 but stage 2 expects "
-                                         r"1 channels x 8 frames x 8x8"):
+    with pytest.raises(ValueError, match=r"stage 1 outputs 4 frames x 8x8 x 1 channel but stage 2 expects "
+                                         r"8 frames x 8x8 x 1 channel"):
         plan_cascade(bad)
 
 
@@ -104,7 +104,7 @@ def test_kinema_cascade_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
     bad = tmp_path / "bad.png"
     assert main(["cascade", str(base), str(ssr), "--out", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "outputs 1 channels x 4 frames x 8x8" in err and "expects" in err
+    assert err.count("\n") == 1 and "outputs 4 frames x 8x8 x 1 channel" in err and "expects" in err
     assert not bad.exists()
     # kinema upsample with an SR stage conditions on the input, which must have the stage's input shape
     small, wrong = tmp_path / "small.gif", tmp_path / "wrong.gif"

@@ -53,7 +53,7 @@ class StageShape:
 
 def _describe(shape: tuple[int, int, int]) -> str:
     c, f, s = shape
-    return f"{c} channels x {f} frames x {s}x{s}"
+    return f"{f} frames x {s}x{s} x {c} channel{'s' if c != 1 else ''}"
 
 
 def plan_cascade(systems: Sequence[System], names: Optional[Sequence[str]] = None) -> list[StageShape]:
