@@ -16,6 +16,7 @@ from kinema.pipelines.cascade import StageSettings, parse_stage_list, plan_casca
 from kinema.pipelines.sample import lowres_conditioning, sample_videos
 from kinema.system import build_system, load_system
 from kinema.train.loop import Trainer
+from model_helpers import randomize
 
 
 def stage_cfg(tmp_path, name, frames, size, spatial=1, temporal=1, **extra):
@@ -122,3 +123,21 @@ def test_kinema_cascade_end_to_end_on_tiny_checkpoints(tmp_path, capsys):
     assert main(["sample", str(base), "--num", "1", "--steps", "2", "--out", str(clip)]) == 0
     assert main(["extend", str(base), "--input", str(clip), "--frames", "6", "--steps", "2",
                  "--out", str(tmp_path / "long.gif")]) == 0
+
+
+def test_a_text_cascade_guides_the_text_stage_and_passes_its_output_up(tmp_path):
+    text = {"model.unet.text_dim": 16, "model.text.encoder": "builtin", "model.text.dim": 16,
+            "model.text.depth": 1, "model.text.heads": 2, "model.text.max_length": 8}
+    base = build_system(stage_cfg(tmp_path, "base", 4, 8, **text))
+    (ssr,) = systems(tmp_path, (4, 16, 2, 1))
+    for s in (base, ssr):
+        randomize(s.model, std=0.05)
+    seen = []
+    ssr.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
+    with pytest.raises(ValueError, match="stage 2: guidance 2 needs a prompt"):
+        run_cascade([base, ssr], 2, prompts=["a"], settings=[StageSettings(), StageSettings(guidance=2.0)],
+                    progress=False)
+    outs = run_cascade([base, ssr], 2, prompts=["a red circle", "a blue square"], keep=True, progress=False,
+                       settings=[StageSettings(steps=2, guidance=3.0), StageSettings(steps=2, aug=0.0)])
+    assert [tuple(o.shape) for o in outs] == [(2, 1, 4, 8, 8), (2, 1, 4, 16, 16)]
+    assert torch.equal(seen[0], outs[0]), "the SR stage reads the base's output, unaugmented at t_aug = 0"
