@@ -30,8 +30,8 @@ from kinema.config import KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.guidance import GuidanceDropout
 from kinema.diffusion.objective import DiffusionObjective
-from kinema.diffusion.superres import LowResInput, check_sr_config
 from kinema.diffusion.schedule import Schedule, resolution_shift
+from kinema.diffusion.superres import LowResInput, check_sr_config
 from kinema.models import backbone_entry, backbone_spec, build_backbone
 from kinema.models.backbone import BackboneSpec
 from kinema.models.text import TextConditioned, TransformersTextEncoder, build_text_encoder
