@@ -125,6 +125,43 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_value_error(kind):
+    """An argparse ``type=`` function whose ArgumentTypeError becomes a ValueError (for list options)."""
+    def convert(text: str):
+        try:
+            return kind(text)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+    return convert
+
+
+def _cmd_cascade(args: argparse.Namespace) -> int:
+    from kinema.data.io import write_video
+    from kinema.pipelines.cascade import StageSettings, parse_stage_list, run_cascade, stage_names
+    from kinema.system import load_system
+
+    n = len(args.stages)
+    steps = parse_stage_list(args.stage_steps, n, _as_value_error(positive_int), "--stage-steps")
+    samplers = parse_stage_list(args.stage_sampler, n, str, "--stage-sampler")
+    guidance = parse_stage_list(args.stage_guidance, n, _as_value_error(finite_float), "--stage-guidance")
+    augs = parse_stage_list(args.stage_aug, n, _as_value_error(finite_float), "--stage-aug")
+    systems, ckpts = zip(*(load_system(path, ema=not args.no_ema, device=args.device) for path in args.stages))
+    settings = [StageSettings(*row) for row in zip(steps, samplers, guidance, augs)]
+    names = stage_names(ckpts)
+    videos = run_cascade(list(systems), args.num, settings=settings, prompts=args.prompt,
+                         class_labels=args.class_labels, names=names, seed=args.seed,
+                         batch_size=args.batch_size, keep=bool(args.keep_stages))
+    _require_finite(videos[-1], "the cascade's output")
+    fps = args.fps or systems[-1].cfg.sample.fps
+    out = write_video(args.out, videos[-1], fps=fps)
+    if args.keep_stages:  # every stage's output next to --out: <stem>.stage<i><suffix>
+        for i, video in enumerate(videos[:-1]):
+            write_video(out.with_name(f"{out.stem}.stage{i + 1}{out.suffix}"), video, fps=fps)
+    print(f"cascade of {n} stages wrote {args.num} videos of {tuple(videos[-1].shape[1:])}{_labels_text(args)} "
+          f"to {out}")
+    return 0
+
+
 def _require_finite(video, what: str) -> None:
     from kinema.validate import require_finite
 
@@ -320,6 +357,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_upsample)
+
+    p = sub.add_parser("cascade", help="sample an Imagen Video cascade: base -> TSR / SSR stages (checkpoints)")
+    p.add_argument("stages", nargs="+", help="checkpoint or run directories: the base model, then each SR stage")
+    p.add_argument("--num", type=positive_int, default=4, help="number of videos (default 4)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text prompt for the text-conditional stages; repeat for several, cycled over the videos")
+    p.add_argument("--class", dest="class_labels", type=int, action="append", default=None, metavar="K",
+                   help="class label for the class-conditional stages")
+    p.add_argument("--stage-steps", default=None, metavar="N,N,..",
+                   help="sampling steps per stage, e.g. 64,32,32 (one value: every stage; empty: the checkpoint's)")
+    p.add_argument("--stage-sampler", default=None, metavar="S,S,..", help="ddpm | ddim | dpmpp per stage")
+    p.add_argument("--stage-guidance", default=None, metavar="W,W,..",
+                   help="classifier-free guidance weight per stage (stages with prompts / classes)")
+    p.add_argument("--stage-aug", default=None, metavar="T,T,..",
+                   help="conditioning-augmentation level t_aug per SR stage (default: each stage's sr.sample_aug)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--keep-stages", action="store_true", help="also write every stage's output next to --out")
+    p.add_argument("--out", type=video_out_path, default="cascade.mp4",
+                   help="output file: .mp4, .gif or .png (grid of frames)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=positive_int, default=None)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_cascade)
 
     p = sub.add_parser("demo", help="train a small model on built-in bouncing shapes and write samples")
     p.add_argument("--out", default="kinema-demo", help="run directory (default ./kinema-demo)")

@@ -30,6 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from kinema.diffusion.context import ContextConfig
+from kinema.diffusion.superres import SRConfig
 from kinema.models import backbone_entry, backbone_names
 from kinema.models.text import TextConfig
 
@@ -103,7 +104,7 @@ class DataConfig:
     path: Optional[str] = None  # folder of videos (dataset=folder) or MNIST file (moving_digits)
     num_frames: int = 16
     size: int = 32
-    frame_stride: int = 1
+    frame_stride: int = 1  # frames between clip frames (synthetic data: every k-th frame of a k-times longer clip)
     fps: Optional[float] = None
     crop: Literal["center", "random"] = "random"
     image_fraction: float = 0.0  # joint image-video training: share of each item's frames that are images
@@ -171,6 +172,7 @@ class KinemaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sr: SRConfig = field(default_factory=SRConfig)  # super-resolution stage of a cascade (diffusion/superres.py)
 
 
 # ---- generic machinery ---------------------------------------------------------------------------

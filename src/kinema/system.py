@@ -31,6 +31,7 @@ from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.guidance import GuidanceDropout
 from kinema.diffusion.objective import SELF_CONDITION_PROB, DiffusionObjective
 from kinema.diffusion.schedule import Schedule, resolution_shift
+from kinema.diffusion.superres import LowResInput, check_sr_config
 from kinema.models import BackboneSpec, backbone_entry, backbone_spec, build_backbone
 from kinema.models.text import TextConditioned, TransformersTextEncoder, build_text_encoder
 from kinema.spaces import build_space
@@ -73,12 +74,16 @@ def build_schedule(cfg: KinemaConfig) -> Schedule:
 
 def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> DiffusionObjective:
     """The training objective of a config: the diffusion loss of ``cfg.diffusion`` with the
-    conditioning hooks the config turns on (classifier-free guidance dropout, context frames), and
-    self-conditioning when the backbone's ``spec`` reads ``self_cond`` (pass the spec of the model that
-    trains; without one, self-conditioning is off)."""
+    conditioning hooks the config turns on (classifier-free guidance dropout, context frames, the
+    low-resolution input of a super-resolution stage), and self-conditioning when the backbone reads
+    ``self_cond``. Both read the backbone's ``spec``: the one given (the trainer passes its model's), or
+    that of a backbone built from ``cfg``."""
     d, t = cfg.diffusion, cfg.train
+    spec = spec or backbone_spec(build_backbone(cfg.model.name, cfg.model.backbone))
     hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context))
-    self_condition = SELF_CONDITION_PROB if spec is not None and "self_cond" in spec.reads else 0.0
+    if cfg.sr.is_stage:
+        hooks += (LowResInput(cfg.sr, build_schedule(cfg), "lowres_logsnr" in spec.reads),)
+    self_condition = SELF_CONDITION_PROB if "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
                               hooks, self_condition)
 
@@ -174,6 +179,11 @@ class System:
         return self.cfg.train.context.max_frames > 0
 
     @property
+    def is_sr_stage(self) -> bool:
+        """A super-resolution stage of a cascade (``sr.spatial_factor`` or ``sr.temporal_factor`` > 1)?"""
+        return self.cfg.sr.is_stage
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -199,6 +209,7 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> System:
     model = build_model(cfg)
     spec = backbone_spec(model)
     check_context_config(cfg.train.context, cfg.data.num_frames, spec.in_channels, spec.extra_in_channels)
+    check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec)
     parts = {MODEL: Part(model, trainable=True)}
     encoder = model.encoder() if isinstance(model, TextConditioned) else None
     if isinstance(encoder, TransformersTextEncoder):

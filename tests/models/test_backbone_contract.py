@@ -21,6 +21,8 @@ CASES = [
                     num_classes=3, text_dim=6, scalar_conditions=("guidance_weight", "lowres_logsnr"))),
     ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(), head_dim=8, norm_groups=4,
                     temporal_attention=False, extra_in_channels=4)),
+    ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(), head_dim=8, norm_groups=4,
+                    temporal_mixing=("conv", "attention"), middle_attention=False)),
     ("toy", dict(width=8)),
     ("toy", dict(width=8, num_classes=3)),
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8)),
@@ -28,8 +30,8 @@ CASES = [
                   num_classes=3, text_dim=6, adaln_lora_rank=4, qk_norm=False, max_frames=8)),
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8, self_condition=True)),
 ]
-IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "toy", "toy-class", "walt",
-       "walt-text-class-lora", "walt-self-condition"]
+IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "unet3d-mixed-temporal", "toy", "toy-class",
+       "walt", "walt-text-class-lora", "walt-self-condition"]
 
 
 def build(name, overrides, seed=0):

@@ -13,10 +13,11 @@ def build_dataset(cfg) -> Dataset:
     from kinema.data.synthetic import BouncingShapes, MovingDigits
     from kinema.data.video_folder import ImageFolder, VideoFolder
 
+    synthetic_frames = cfg.num_frames * cfg.frame_stride  # subsampled below (StridedFrames)
     if cfg.dataset == "bouncing_shapes":
-        ds = BouncingShapes(num_frames=cfg.num_frames, size=cfg.size, length=cfg.length, seed=cfg.seed)
+        ds = BouncingShapes(num_frames=synthetic_frames, size=cfg.size, length=cfg.length, seed=cfg.seed)
     elif cfg.dataset == "moving_digits":
-        ds = MovingDigits(num_frames=cfg.num_frames, size=cfg.size, length=cfg.length, seed=cfg.seed,
+        ds = MovingDigits(num_frames=synthetic_frames, size=cfg.size, length=cfg.length, seed=cfg.seed,
                           mnist_path=cfg.path)
     elif cfg.dataset == "folder":
         if not cfg.path:
@@ -25,9 +26,27 @@ def build_dataset(cfg) -> Dataset:
                          fps=cfg.fps, crop=cfg.crop, seed=cfg.seed)
     else:
         raise ValueError(f"unknown data.dataset {cfg.dataset!r}; choose one of {DATASETS}")
+    if cfg.dataset != "folder" and cfg.frame_stride > 1:
+        ds = StridedFrames(ds, cfg.frame_stride)
     if cfg.image_fraction > 0:
         from kinema.data.joint import JointImageVideo, image_count
 
         images = ImageFolder(cfg.image_path, size=cfg.size, seed=cfg.seed) if cfg.image_path else None
         ds = JointImageVideo(ds, images, num_images=image_count(cfg.num_frames, cfg.image_fraction), seed=cfg.seed)
     return ds
+
+
+class StridedFrames(Dataset):
+    """Every ``stride``-th frame of a synthetic dataset's clips (``data.frame_stride``): the clip a base
+    model of a cascade sees at the lower frame rate of a temporal super-resolution stage above it."""
+
+    def __init__(self, dataset: Dataset, stride: int) -> None:
+        self.dataset, self.stride = dataset, stride
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        item["video"] = item["video"][:, ::self.stride]  # [C, F * stride, H, W] -> [C, F, H, W]
+        return item

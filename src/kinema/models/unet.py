@@ -7,8 +7,11 @@ frames (with a relative position bias), down/upsampling act on H and W only, and
 cross-attention plus a pooled embedding (see :class:`UNet3D`). Frames interact only in
 temporal layers, and those obey ``Conditioning.frame_segments``, so one batch can mix video clips
 and independent images (joint image-video training, VDM section 3). With
-``temporal_attention=False`` temporal convolutions replace temporal attention (Imagen Video's
-fully convolutional super-resolution models, Ho et al. 2022, section 2.2).
+``temporal_mixing`` the temporal layer is chosen per level: temporal attention, a temporal
+convolution (kernel 3 over frames, zero-initialized residual) or none, so the high-resolution
+levels of a super-resolution stage can be convolutional only (Imagen Video, Ho et al. 2022,
+section 2.2: its SSR models use temporal convolutions instead of temporal attention, and with
+``middle_attention=False`` as well no attention at all, run at any size and frame count).
 
 Denoiser contract (DESIGN.md section 3): ``net(z_t, logsnr, cond) -> output`` in whatever
 parameterization the trainer chose; the model never sees the schedule.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,8 @@ from kinema.models.attention import SpatialAttention, TemporalAttention, TextCro
 from kinema.models.backbone import BackboneSpec
 from kinema.models.blocks import Downsample, ResBlock, TemporalConv, Upsample, group_norm, space_conv, zero_init_residual_outputs
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
+
+TEMPORAL_MIXING = ("attention", "conv", "none")  # per-level choices of UNetConfig.temporal_mixing
 
 
 @dataclass
@@ -44,6 +49,10 @@ class UNetConfig:
     head_dim: int = 32  # heads = max(1, channels // head_dim)
     dropout: float = 0.0
     temporal_attention: bool = True  # False: a TemporalConv after every ResBlock instead (IV SR models)
+    # Per level (one entry per dim_mults; () = from temporal_attention): attention | conv | none. attention:
+    # temporal attention after each block of the level; conv: a TemporalConv after each block; none: no frame mixing
+    temporal_mixing: tuple[Literal["attention", "conv", "none"], ...] = ()
+    middle_attention: bool = True  # spatial (+ temporal, by the last level's mixing) attention in the middle block
     rel_pos_max_distance: int = 32  # T5-style bucketed relative position bias of temporal attention
     rel_pos_buckets: int = 32
     num_classes: int = 0  # > 0: class-conditional; a negative label (NULL_LABEL) or none is the null label
@@ -71,6 +80,17 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.out_channels must be >= 1 or None, got {self.out_channels}")
         if not self.dim_mults or any(m < 1 for m in self.dim_mults):
             raise ValueError(f"UNetConfig.dim_mults must be non-empty positive ints, got {self.dim_mults}")
+        self.temporal_mixing = tuple(self.temporal_mixing)
+        if self.temporal_mixing:
+            if len(self.temporal_mixing) != len(self.dim_mults):
+                raise ValueError(f"UNetConfig.temporal_mixing {self.temporal_mixing} needs one entry per level of "
+                                 f"dim_mults {self.dim_mults}")
+            bad_mix = [m for m in self.temporal_mixing if m not in TEMPORAL_MIXING]
+            if bad_mix:
+                raise ValueError(f"UNetConfig.temporal_mixing has unknown entries {bad_mix}; valid: {TEMPORAL_MIXING}")
+            if not self.temporal_attention:
+                raise ValueError("UNetConfig: set temporal_mixing or temporal_attention=False, not both "
+                                 "(temporal_attention=False is temporal_mixing = conv at every level)")
         bad = [a for a in self.attn_levels if not 0 <= a < len(self.dim_mults)]
         if bad or len(set(self.attn_levels)) != len(self.attn_levels):
             raise ValueError(f"UNetConfig.attn_levels {self.attn_levels} must be distinct indices into "
@@ -82,12 +102,30 @@ class UNetConfig:
         if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
             raise ValueError(f"UNetConfig.rel_pos_max_distance must exceed rel_pos_buckets // 4 = "
                              f"{self.rel_pos_buckets // 4}, got {self.rel_pos_max_distance}")
-        for level in set(self.attn_levels) | {len(self.dim_mults) - 1}:  # the middle always attends
+        middle = {len(self.dim_mults) - 1} if self.middle_attention else set()
+        temporal = {lv for lv, m in enumerate(self.level_mixing()) if m == "attention"}
+        for level in set(self.attn_levels) | middle | temporal:
             ch = self.dim * self.dim_mults[level]
             heads = max(1, ch // self.head_dim)
             if ch % heads:
                 raise ValueError(f"UNetConfig: {ch} channels at level {level} do not split into {heads} heads "
                                  f"of head_dim={self.head_dim}")
+
+    def level_mixing(self) -> tuple[str, ...]:
+        """The temporal mixing of each level: ``temporal_mixing`` or, when empty, the VDM default
+        (temporal attention where there is spatial attention, else none) / all ``conv`` when
+        ``temporal_attention=False``."""
+        if self.temporal_mixing:
+            return self.temporal_mixing
+        if not self.temporal_attention:
+            return ("conv",) * len(self.dim_mults)
+        return tuple("attention" if level in self.attn_levels else "none" for level in range(len(self.dim_mults)))
+
+    def middle_mixing(self) -> str:
+        """Temporal mixing of the middle block: the last level's, except that the VDM default attends."""
+        if not self.temporal_mixing:
+            return "attention" if self.temporal_attention else "conv"
+        return self.temporal_mixing[-1]
 
     @property
     def output_channels(self) -> int:
@@ -161,22 +199,24 @@ class UNet3D(nn.Module):
         skips, ch = [dim], dim  # channels of every tensor saved for a skip connection
         for level in range(levels):
             for _ in range(cfg.num_res_blocks):
-                self.down.append(UNetBlock(self._res(ch, chans[level]), self._mixers(chans[level], level)))
+                self.down.append(UNetBlock(self._res(ch, chans[level]), self._level_mixers(chans[level], level)))
                 ch = chans[level]
                 skips.append(ch)
             if level < levels - 1:
                 self.down.append(UNetBlock(None, [], Downsample(ch)))
                 skips.append(ch)
+        mid = cfg.middle_mixing()
         self.middle = nn.ModuleList([
-            UNetBlock(self._res(ch, ch), self._mixers(ch, levels - 1, attention=True)),
-            UNetBlock(self._res(ch, ch), self._mixers(ch, levels - 1, attention=False)),
+            UNetBlock(self._res(ch, ch), self._mixers(ch, cfg.middle_attention, mid if cfg.middle_attention or
+                                                      mid == "conv" else "none")),
+            UNetBlock(self._res(ch, ch), self._mixers(ch, False, "conv" if mid == "conv" else "none")),
         ])
         self.up = nn.ModuleList()
         for level in reversed(range(levels)):
             for i in range(cfg.num_res_blocks + 1):
                 upsample = Upsample(chans[level]) if level > 0 and i == cfg.num_res_blocks else None
                 self.up.append(UNetBlock(self._res(ch + skips.pop(), chans[level]),
-                                         self._mixers(chans[level], level), upsample))
+                                         self._level_mixers(chans[level], level), upsample))
                 ch = chans[level]
         self.norm_out = group_norm(ch, cfg.norm_groups)
         self.conv_out = space_conv(ch, cfg.output_channels)
@@ -187,18 +227,20 @@ class UNet3D(nn.Module):
     def _res(self, cin: int, cout: int) -> ResBlock:
         return ResBlock(cin, cout, 4 * self.cfg.dim, self.cfg.dropout, self.cfg.norm_groups)
 
-    def _mixers(self, ch: int, level: int, attention: Optional[bool] = None) -> list[nn.Module]:
-        """Layers after a ResBlock: spatial then temporal attention at attention levels; with
-        ``temporal_attention=False`` a TemporalConv after every ResBlock instead of temporal attention."""
+    def _level_mixers(self, ch: int, level: int) -> list[nn.Module]:
+        return self._mixers(ch, level in self.cfg.attn_levels, self.cfg.level_mixing()[level])
+
+    def _mixers(self, ch: int, attend: bool, temporal: str) -> list[nn.Module]:
+        """Layers after a ResBlock: spatial attention (+ text cross-attention) when ``attend``, then the
+        ``temporal`` mixing: temporal attention, a TemporalConv, or nothing (``none``)."""
         cfg = self.cfg
-        attend = level in cfg.attn_levels if attention is None else attention
         layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
         if attend and cfg.text_dim > 0:
             layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
-        if cfg.temporal_attention and attend:
+        if temporal == "attention":
             layers.append(TemporalAttention(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
                                             cfg.rel_pos_max_distance))
-        elif not cfg.temporal_attention:
+        elif temporal == "conv":
             layers.append(TemporalConv(ch, cfg.norm_groups))
         return layers
 
@@ -295,4 +337,4 @@ def upgrade_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-__all__ = ["UNet3D", "UNetBlock", "UNetConfig", "upgrade_v1_state"]
+__all__ = ["TEMPORAL_MIXING", "UNet3D", "UNetBlock", "UNetConfig", "upgrade_v1_state"]

@@ -19,6 +19,7 @@ from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guida
 from kinema.diffusion.objective import Denoise, Denoiser, Prediction
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
+from kinema.diffusion.superres import augment_lowres, with_lowres
 from kinema.system import System, autocast, autocast_dtype, build_schedule
 from kinema.validate import require_finite
 
@@ -61,6 +62,33 @@ def complete_context(system: System, cond: Optional[Conditioning], z: torch.Tens
         return cond
     return with_context(cond, torch.zeros_like(z), torch.zeros(z.shape[0], z.shape[2], dtype=torch.bool,
                                                                   device=z.device))
+
+
+def lowres_conditioning(system: System, lowres: torch.Tensor, cond: Optional[Conditioning] = None, *,
+                        level: Optional[float] = None, generator: Optional[torch.Generator] = None,
+                        what: str = "the low-resolution input") -> Conditioning:
+    """``cond`` with the low-resolution video an SR stage (``system.is_sr_stage``) generates from:
+    ``lowres [B, C, F', H', W']`` in [-1, 1] checked against the stage's input shape (``sr`` factors
+    of its ``data.num_frames`` x ``data.size``^2), then augmented at the fixed level ``level`` (default
+    ``sr.sample_aug``; 0: unchanged) with ``generator`` (Imagen Video section 2.5). One clear error
+    naming the checkpoint's expectation for a base model or a wrong shape."""
+    sr = system.cfg.sr
+    if not system.is_sr_stage:
+        raise ValueError(f"{what} was given to a model that is not a super-resolution stage (its config has "
+                         f"sr.spatial_factor={sr.spatial_factor}, sr.temporal_factor={sr.temporal_factor})")
+    d = system.cfg.data
+    frames, size = sr.input_shape(d.num_frames, d.size)
+    want = (system.space.channels, frames, size, size)
+    if lowres.ndim != 5 or tuple(lowres.shape[1:]) != want:
+        raise ValueError(f"this SR stage (x{sr.temporal_factor} frames, x{sr.spatial_factor} size -> "
+                         f"{d.num_frames}x{d.size}x{d.size}) takes [B, C, F, H, W] = [B, {', '.join(map(str, want))}] "
+                         f"low-resolution videos; {what} is {list(lowres.shape)}")
+    level = sr.sample_aug if level is None else level
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"the augmentation level is a time t_aug in [0, 1], got {level}")
+    t_aug = torch.full((lowres.shape[0],), float(level), dtype=torch.float64, device=lowres.device)
+    noised, logsnr = augment_lowres(lowres, t_aug, build_schedule(system.cfg), generator=generator)
+    return with_lowres(cond, noised, logsnr if "lowres_logsnr" in system.spec.reads else None)
 
 
 class SamplingNet:
@@ -203,6 +231,9 @@ def sample_videos(
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be >= 1, got num={num}, batch_size={batch_size}")
+    if system.is_sr_stage and (cond is None or cond.lowres is None):
+        raise ValueError("this checkpoint is a super-resolution stage: it samples from a low-resolution video "
+                         "(kinema cascade BASE ... this, or kinema upsample this --input low.mp4)")
     run = SamplerSettings.from_system(system, steps=steps, sampler=sampler, eta=eta, spacing=spacing,
                                       thresholding=thresholding)
     device = system.device

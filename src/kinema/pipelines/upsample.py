@@ -2,7 +2,9 @@
 section 3.1, eq. 8): sample a high-resolution video whose downsampled version matches a given
 low-resolution video, by reconstruction guidance through a (differentiable, antialiased bilinear)
 downsampling operator. A text- or class-conditional model samples under its conditioning, with
-classifier-free weight ``guidance`` kept apart from the reconstruction weight ``recon_weight``."""
+classifier-free weight ``guidance`` kept apart from the reconstruction weight ``recon_weight``.
+A super-resolution stage of a cascade (``sr``, Imagen Video) is conditioned on the input instead:
+no reconstruction guidance, the input must have the stage's low-resolution shape."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from tqdm.auto import tqdm
 from kinema.conditioning import Conditioning
 from kinema.diffusion.guidance import reconstruction_guidance, spatial_downsampling
 from kinema.pipelines.extend import as_batch
-from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, label_guided
+from kinema.pipelines.sample import (SamplerSettings, autocast_denoiser, complete_context, label_guided,
+                                     lowres_conditioning, sample_videos)
 from kinema.system import System
 
 DEFAULT_RECON_WEIGHT = 10.0  # w_r of reconstruction guidance for upsampling (tuned on the exact-Gaussian test)
@@ -31,6 +34,14 @@ def upsample_video(system: System, lowres: Tensor, *, size: Optional[int] = None
     classifier-free weight over ``cond`` (default ``sample.guidance``). All F frames are sampled as
     one window (use the model's training length, or a length it generalizes to)."""
     lowres = as_batch(lowres, system, "low-resolution video")
+    if system.is_sr_stage:  # a trained SR stage conditions on the input instead of guiding towards it
+        if size is not None and size != system.cfg.data.size:
+            raise ValueError(f"this SR stage makes {system.cfg.data.size}x{system.cfg.data.size} videos, not --size {size}")
+        generator = torch.Generator(system.device).manual_seed(seed + 1)
+        c = lowres_conditioning(system, lowres.to(system.device, torch.float32), cond, generator=generator,
+                                what="the input video")
+        return sample_videos(system, lowres.shape[0], steps=steps, sampler=sampler, eta=eta, seed=seed, cond=c,
+                             guidance=guidance, precision=precision, progress=progress)
     size = system.space.size if size is None else size
     if min(lowres.shape[-2:]) > size:
         raise ValueError(f"the input ({lowres.shape[-2]}x{lowres.shape[-1]}) is larger than the target size {size}")

@@ -32,12 +32,13 @@ from kinema import checkpoint as ckpt_io
 from kinema.conditioning import Conditioning
 from kinema.config import KinemaConfig, save_config, to_dict, to_yaml
 from kinema.diffusion.objective import TrainBatch
+from kinema.diffusion.superres import degrade
 from kinema.data.factory import build_dataset
 from kinema.data.io import write_video
 from kinema.data.joint import check_joint_conditioning
 from kinema.data.loader import infinite_batches
 from kinema.models.text import TextConditioned
-from kinema.pipelines.sample import make_conditioning, sample_videos
+from kinema.pipelines.sample import lowres_conditioning, make_conditioning, sample_videos
 from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
                            config_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
@@ -449,6 +450,10 @@ class Trainer:
         prompts = [it["caption"] for it in items] if isinstance(model, TextConditioned) else None
         labels = [int(it[d.class_key]) for it in items] if d.class_key else None
         cond = make_conditioning(system, num, prompts=prompts, class_labels=labels)
+        if system.is_sr_stage:  # an SR stage previews the upsampling of the first items' degraded clips
+            sr = self.cfg.sr
+            clips = torch.stack([it["video"][:, :d.num_frames] for it in items]).to(self.device)
+            cond = lowres_conditioning(system, degrade(clips, sr.spatial_factor, sr.temporal_factor), cond)
         videos = sample_videos(system, num, steps=t.sample_steps, seed=t.seed, cond=cond, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, videos, fps=self.cfg.sample.fps)
