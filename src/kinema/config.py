@@ -30,6 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from kinema.diffusion.context import ContextConfig
+from kinema.diffusion.distill import DistillConfig
 from kinema.models import backbone_entry, backbone_names
 from kinema.models.text import TextConfig
 
@@ -117,6 +118,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/kinema"
+    objective: Literal["diffusion", "distill"] = "diffusion"  # distill: against the frozen teacher of `distill`
     steps: int = 10000
     minutes: Optional[float] = None  # stop early after this wall-clock budget (checkpoint first)
     batch_size: int = 8
@@ -171,6 +173,7 @@ class KinemaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # read when train.objective=distill
 
 
 # ---- generic machinery ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from kinema.conditioning import Conditioning
 from kinema.diffusion.guidance import reconstruction_guidance, spatial_downsampling
 from kinema.pipelines.extend import as_batch
-from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, label_guided
+from kinema.pipelines.sample import SamplerSettings, apply_guidance, autocast_denoiser, complete_context
 from kinema.system import System
 
 DEFAULT_RECON_WEIGHT = 10.0  # w_r of reconstruction guidance for upsampling (tuned on the exact-Gaussian test)
@@ -41,7 +41,7 @@ def upsample_video(system: System, lowres: Tensor, *, size: Optional[int] = None
     y = lowres.to(device, torch.float32)
     z = torch.randn((y.shape[0], *system.space.shape(y.shape[2], size)), generator=generator, device=device)
     c = complete_context(system, cond.to(device) if cond is not None else None, z)
-    denoise = label_guided(autocast_denoiser(system, precision), c, guidance)
+    denoise = apply_guidance(system, autocast_denoiser(system, precision), c, guidance)
     guided = reconstruction_guidance(denoise, y, spatial_downsampling(tuple(y.shape[-2:])), recon_weight)
     with tqdm(total=run.steps, desc="upsample", unit="step", disable=not progress) as bar, torch.no_grad():
         video = run(guided, z, generator=generator, callback=lambda *a: bar.update(1))
