@@ -133,6 +133,8 @@ def build_teacher(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> Part:
 
 def init_from_teacher(student: nn.Module, teacher: nn.Module, source: str) -> None:
     """Start the student as a copy of its teacher (Salimans & Ho 2022, Algorithm 2; Meng et al. 2023).
+    ``build_system`` also freezes a built-in text encoder in the student: the teacher is fed the
+    student's text embeddings, so they must stay the teacher's.
     A guided student's extra guidance-weight embedding is the only thing the teacher lacks: it keeps
     its zero-initialized output, so the student starts as the teacher at every w."""
     own, state = student.state_dict(), teacher.state_dict()
@@ -272,6 +274,8 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
     if training and cfg.train.objective == "distill":
         parts[TEACHER] = build_teacher(cfg, frozen_hashes=frozen_hashes)
         init_from_teacher(model, parts[TEACHER].module, parts[TEACHER].source)
+        if isinstance(encoder, nn.Module):  # a built-in text encoder stays the teacher's: both read its embeddings
+            encoder.requires_grad_(False)
     return System(cfg, parts)
 
 

@@ -20,7 +20,7 @@ from kinema.diffusion.objective import Denoise, Denoiser
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
 from kinema.diffusion.distill import with_guidance_weight
-from kinema.system import System, autocast, autocast_dtype, build_schedule, distilled_steps, takes_guidance_weight
+from kinema.system import System, autocast, autocast_dtype, build_schedule, distilled_steps
 from kinema.validate import require_finite
 
 
@@ -120,7 +120,7 @@ def guidance_input(net, cond: Optional[Conditioning], weight: "Weight") -> Denoi
 def apply_guidance(system: System, net, cond: Optional[Conditioning], weight: "Weight") -> Denoise:
     """The sampler-ready denoiser with guidance ``weight``: fed as an input to a guided student
     (:func:`guidance_input`), else classifier-free guidance over the labels (:func:`label_guided`)."""
-    if takes_guidance_weight(system.cfg):
+    if "guidance_weight" in system.spec.reads:
         return guidance_input(net, cond, weight)
     return label_guided(net, cond, weight)
 
