@@ -10,7 +10,8 @@ Trains one small unconditional VDM on 16-frame moving digits (or loads ``--ckpt`
 down to ``--to-steps``, one halving per round, then samples from the same seed: the teacher with
 ``--from-steps``, the student with ``--to-steps``, and the teacher with ``--to-steps`` (what the
 student must beat). Prints one JSON line per sampler (FVD against unseen real clips with the real I3D
-weights, wall time per video) and a last line with the three side by side. Imagen Video reports its
+weights, wall time per video, and the mean squared difference to the teacher's many-step video from
+the same initial noise) and a last line with the three side by side. Imagen Video reports its
 distilled 8-step models close to the teachers in quality at about 18x less sampling time.
 """
 
@@ -20,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from common import FVDScorer, parser, size_of, train
 
 from kinema.pipelines.sample import sample_videos
@@ -27,12 +30,13 @@ from kinema.system import load_system
 from kinema.train.distill import distill
 
 
-def timed_fvd(system, num: int, steps: int, scorer: FVDScorer) -> dict:
-    """FVD of ``num`` videos sampled with ``steps`` DDIM steps (seed 0), and the sampling wall time per video."""
+def timed_fvd(system, num: int, steps: int, scorer: FVDScorer) -> tuple[dict, torch.Tensor]:
+    """FVD of ``num`` videos sampled with ``steps`` DDIM steps (seed 0: the same initial noise for every
+    sampler), the sampling wall time per video, and the videos ``[num, C, F, H, W]``."""
     start = time.perf_counter()
     videos = sample_videos(system, num, steps=steps, sampler="ddim", seed=0, progress=False)
     seconds = time.perf_counter() - start
-    return {"steps": steps, "fvd": round(scorer(videos), 1), "seconds_per_video": round(seconds / num, 3)}
+    return {"steps": steps, "fvd": round(scorer(videos), 1), "seconds_per_video": round(seconds / num, 3)}, videos
 
 
 def main() -> None:
@@ -62,14 +66,19 @@ def main() -> None:
     distill_s = time.perf_counter() - start
     teacher, _ = load_system(teacher_run, device=args.device)
     student, _ = load_system(runs[-1], device=args.device)
-    rows = {"teacher": timed_fvd(teacher, s["num"], from_steps, scorer),
-            "student": timed_fvd(student, s["num"], args.to_steps, scorer),
-            "teacher_few_steps": timed_fvd(teacher, s["num"], args.to_steps, scorer)}
+    runs_of = {"teacher": (teacher, from_steps), "student": (student, args.to_steps),
+               "teacher_few_steps": (teacher, args.to_steps)}
+    rows, videos = {}, {}
+    for name, (system, steps) in runs_of.items():
+        rows[name], videos[name] = timed_fvd(system, s["num"], steps, scorer)
+        # fidelity to the teacher: the same noise should give the teacher's many-step video
+        rows[name]["mse_to_teacher"] = round(float((videos[name] - videos["teacher"]).pow(2).mean()), 5)
     common = {"benchmark": "distillation", "num": s["num"], "smoke": args.smoke, "device": str(scorer.device)}
     for name, row in rows.items():
         print(json.dumps({**common, "sampler": name, **row}), flush=True)
     speedup = rows["teacher"]["seconds_per_video"] / max(rows["student"]["seconds_per_video"], 1e-9)
-    print(json.dumps({**common, "summary": {k: (r["steps"], r["fvd"], r["seconds_per_video"]) for k, r in rows.items()},
+    print(json.dumps({**common, "summary": {k: (r["steps"], r["fvd"], r["seconds_per_video"], r["mse_to_teacher"])
+                                            for k, r in rows.items()},
                       "speedup": round(speedup, 1), "rounds": len(runs), "round_steps": round_steps,
                       "teacher_train_seconds": round(train_s, 1), "distill_seconds": round(distill_s, 1)}), flush=True)
 
