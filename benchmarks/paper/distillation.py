@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--to-steps", type=int, default=8, help="the student's DDIM steps (default 8)")
     p.add_argument("--round-steps", type=int, default=None,
                    help="training steps per halving (default: the teacher's training steps / 4; smoke 20)")
+    p.add_argument("--distill-lr", type=float, default=1e-4, help="learning rate of the rounds (default 1e-4)")
     args = p.parse_args()
     s = size_of(args)
     from_steps = args.from_steps or (32 if args.smoke else 256)
@@ -60,8 +61,8 @@ def main() -> None:
     start = time.perf_counter()
     runs = distill(teacher_run, Path(args.out) / "distilled", to_steps=args.to_steps, from_steps=from_steps,
                    round_steps=round_steps, overwrite=True,
-                   overrides=[f"train.device={args.device}", f"train.batch_size={s['batch']}", "train.lr=1e-4",
-                              "train.log_every=50", "train.sample_every=0", "train.progress=false",
+                   overrides=[f"train.device={args.device}", f"train.batch_size={s['batch']}",
+                              f"train.lr={args.distill_lr}", "train.log_every=50", "train.sample_every=0", "train.progress=false",
                               "train.tensorboard=false"])
     distill_s = time.perf_counter() - start
     teacher, _ = load_system(teacher_run, device=args.device)

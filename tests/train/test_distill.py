@@ -15,6 +15,7 @@ from kinema.diffusion.distill import DistillationObjective, teacher_denoiser, wi
 from kinema.diffusion.objective import Denoiser, DiffusionObjective, LocalRandom, TrainBatch
 from kinema.diffusion.samplers import sample_ddim
 from kinema.diffusion.schedule import Schedule, sampling_grid
+from kinema.train.distill import plan
 from kinema.conditioning import Conditioning
 from kinema.system import build_model
 from model_helpers import randomize
@@ -130,6 +131,10 @@ def test_kinema_distill_writes_rounds_and_its_student_samples_only_at_its_steps(
     assert "distilled student for 1 sampling steps" in err and "--steps 1" in err and err.count("\n") == 1
     assert not video.exists()
     assert main(["sample", str(out / "steps-0001"), "--num", "1", "--out", str(video)]) == 0 and video.exists()
+    teacher.rename(tmp_path / "gone")  # sampling a student does not need its teacher
+    video.unlink()
+    assert main(["sample", str(out / "steps-0001"), "--num", "1", "--out", str(video)]) == 0 and video.exists()
+    teacher = tmp_path / "gone"
     assert main(["distill", str(teacher), "--to-steps", "3", "--out", str(tmp_path / "bad")]) == 2
     assert "times a power of two" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["distill", str(teacher), "--to-steps", "1", "--guided", "--out", str(tmp_path / "bad")]) == 2
@@ -188,3 +193,13 @@ def test_guided_distill_gives_a_student_that_takes_w_as_input_in_one_pass(tmp_pa
     videos = sample_videos(system, 3, cond=cond, guidance=2.5, progress=False)
     assert videos.shape == (3, 3, 4, 8, 8) and len(seen) == 2  # 2 steps, one pass of 3 each: no unconditional pass
     assert all(b == 3 and torch.equal(w, torch.full((3,), 2.5)) for b, w in seen)
+
+
+def test_plan_halves_the_steps_down_to_the_target():
+    assert [(s.name, s.stage, s.student_steps) for s in plan(32, 8, guided=True)] == [
+        ("guided", "guided", 32), ("steps-0016", "progressive", 16), ("steps-0008", "progressive", 8)]
+    assert [s.student_steps for s in plan(256, 8, guided=False)] == [128, 64, 32, 16, 8]
+    assert [s.stage for s in plan(8, 8, guided=True)] == ["guided"]
+    for bad in [(8, 8, False), (24, 8, False), (4, 8, False), (8, 0, False)]:
+        with pytest.raises(ValueError):
+            plan(*bad[:2], guided=bad[2])

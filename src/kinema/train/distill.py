@@ -50,7 +50,8 @@ def plan(from_steps: int, to_steps: int, guided: bool) -> list[Stage]:
         raise ValueError(f"the teacher already samples with {from_steps} steps: nothing to distill "
                          f"(lower --to-steps, or add --guided)")
     stages = [Stage("guided", "guided", from_steps)] if guided else []
-    return stages + [Stage(f"steps-{from_steps >> r:04d}", "progressive", from_steps >> r) for r in range(1, rounds + 1)]
+    halvings = [from_steps >> r for r in range(1, rounds + 1)]
+    return stages + [Stage(f"steps-{n:04d}", "progressive", n) for n in halvings]
 
 
 def _add_guidance_input(data: dict, cfg: KinemaConfig) -> None:
