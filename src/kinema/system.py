@@ -133,10 +133,10 @@ def build_teacher(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> Part:
 
 def init_from_teacher(student: nn.Module, teacher: nn.Module, source: str) -> None:
     """Start the student as a copy of its teacher (Salimans & Ho 2022, Algorithm 2; Meng et al. 2023).
-    ``build_system`` also freezes a built-in text encoder in the student: the teacher is fed the
-    student's text embeddings, so they must stay the teacher's.
     A guided student's extra guidance-weight embedding is the only thing the teacher lacks: it keeps
-    its zero-initialized output, so the student starts as the teacher at every w."""
+    its zero-initialized output, so the student starts as the teacher at every w. (``build_system``
+    also freezes a built-in text encoder in the student: the teacher is fed the student's text
+    embeddings, so they must stay the teacher's.)"""
     own, state = student.state_dict(), teacher.state_dict()
     unexpected = [k for k in state if k not in own or own[k].shape != state[k].shape]
     extra = [k for k in own if k not in state]

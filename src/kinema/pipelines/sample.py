@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context
 from kinema.config import KinemaConfig
+from kinema.diffusion.distill import with_guidance_weight
 from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guidance_weights, weight_by_logsnr
 from kinema.diffusion.objective import Denoise, Denoiser
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
-from kinema.diffusion.distill import with_guidance_weight
 from kinema.system import System, autocast, autocast_dtype, build_schedule, distilled_steps
 from kinema.validate import require_finite
 
