@@ -24,6 +24,7 @@ class ToyConfig:
     width: int = 8
     num_classes: int = 0
     freeze_input: bool = False  # freeze conv_in (a frozen layer inside a trainable part, like Video LDM's)
+    scalar_conditions: tuple[str, ...] = ()  # embedded cond fields, e.g. guidance_weight (guided students)
 
     def __post_init__(self) -> None:
         if self.width < 1:
@@ -35,7 +36,9 @@ class ToyBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.embedding = ConditioningEmbedding(w, 2 * w, num_classes=cfg.num_classes)
+        self.embedding = ConditioningEmbedding(w, 2 * w, num_classes=cfg.num_classes,
+                                               scalars=tuple(cfg.scalar_conditions))
+        self.embedding.zero_init()
         self.conv_in = nn.Conv3d(cfg.in_channels, w, (1, 3, 3), padding=(0, 1, 1))
         self.film = nn.Linear(2 * w, 2 * w)
         self.mix = nn.Parameter(torch.tensor(0.5))
@@ -49,7 +52,8 @@ class ToyBackbone(nn.Module):
     def spec(self) -> BackboneSpec:
         return BackboneSpec(in_channels=self.cfg.in_channels, out_channels=self.cfg.in_channels,
                             num_classes=self.cfg.num_classes,
-                            reads=("frame_segments",) + (("class_labels",) if self.cfg.num_classes else ()))
+                            reads=("frame_segments",) + (("class_labels",) if self.cfg.num_classes else ())
+                            + tuple(self.cfg.scalar_conditions))
 
     def forward(self, z, logsnr, cond=None):
         b, _, f = z.shape[:3]

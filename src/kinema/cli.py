@@ -33,6 +33,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from kinema.train.distill import distill
+
+    runs = distill(args.checkpoint, args.out, to_steps=args.to_steps, from_steps=args.from_steps, guided=args.guided,
+                   w_range=args.w_range, round_steps=args.round_steps, guided_steps=args.guided_steps,
+                   overrides=args.overrides, resume=args.resume, overwrite=args.overwrite, report=_print0)
+    guidance = " --prompt ... --guidance W" if args.guided else ""
+    _print0(f"distilled {args.checkpoint} in {len(runs)} stage(s); the student: {runs[-1]}\n"
+            f"  sample it: kinema sample {runs[-1]} --steps {args.to_steps}{guidance} --out samples.mp4")
+    return 0
+
+
+def _w_range(text: str) -> tuple[float, float]:
+    """``--w-range LOW,HIGH`` -> (low, high), finite with 0 <= low <= high."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 0,4), got {text!r}") from None
+    if not (0.0 <= lo <= hi < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected finite weights 0 <= LOW <= HIGH, got {text!r}")
+    return lo, hi
+
+
 def _print0(msg: str) -> None:
     from kinema.train.distributed import print0
 
@@ -315,6 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="train.out_dir holds an old run: move it aside to <out_dir>.old-<timestamp> (never deleted)")
     p.set_defaults(func=_cmd_train)
+
+    p = _checkpoint_command(sub, "distill", "distill a model into a few-step sampler (guided + progressive "
+                                             "distillation, Meng et al. 2023 / Salimans & Ho 2022)")
+    p.add_argument("--to-steps", type=positive_int, required=True, help="sampling steps of the final student, e.g. 8")
+    p.add_argument("--from-steps", type=positive_int, default=None,
+                   help="the teacher's sampling steps, to_steps x 2^k (default: its sample.steps)")
+    p.add_argument("--guided", action="store_true",
+                   help="first distill classifier-free guidance into a student that takes w as an input")
+    p.add_argument("--w-range", type=_w_range, default=(0.0, 4.0), metavar="LOW,HIGH",
+                   help="guidance weights to distill over, drawn uniformly per example (default 0,4)")
+    p.add_argument("--round-steps", type=positive_int, default=1000, help="training steps per halving (default 1000)")
+    p.add_argument("--guided-steps", type=positive_int, default=None,
+                   help="training steps of the guided stage (default: --round-steps)")
+    p.add_argument("--out", required=True, help="directory for the stages' run directories")
+    p.add_argument("--resume", action="store_true", help="continue a killed distill at the stage and step it was at")
+    p.add_argument("--overwrite", action="store_true", help="move old stage runs in --out aside (never deleted)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every stage, e.g. train.batch_size=16")
+    p.set_defaults(func=_cmd_distill)
 
     p = _checkpoint_command(sub, "sample", "sample videos from a checkpoint")
     p.add_argument("--num", type=positive_int, default=8, help="number of videos (default 8)")

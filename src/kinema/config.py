@@ -30,6 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from kinema.diffusion.context import ContextConfig
+from kinema.diffusion.distill import DistillConfig
 from kinema.diffusion.superres import SRConfig
 from kinema.models import backbone_entry, backbone_names
 from kinema.models.text import TextConfig
@@ -118,6 +119,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/kinema"
+    objective: Literal["diffusion", "distill"] = "diffusion"  # distill: against the frozen teacher of `distill`
     steps: int = 10000
     minutes: Optional[float] = None  # stop early after this wall-clock budget (checkpoint first)
     batch_size: int = 8
@@ -173,6 +175,7 @@ class KinemaConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     sr: SRConfig = field(default_factory=SRConfig)  # super-resolution stage of a cascade (diffusion/superres.py)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # read when train.objective=distill
 
 
 # ---- generic machinery ---------------------------------------------------------------------------

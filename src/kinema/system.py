@@ -6,8 +6,9 @@ system + checkpoint -> models + diffusion``. A :class:`System` is
 - ``cfg``: the resolved config;
 - ``parts``: named :class:`Part` s. ``model`` is the trained network (the backbone named by
   ``model.name``, with a built-in text encoder when configured); frozen parts (a ``transformers``
-  text encoder today; a teacher, an autoencoder or a pretrained image model next) are recorded in
-  checkpoints by path and content hash, not saved;
+  text encoder; the ``teacher`` of a distillation run; an autoencoder or a pretrained image model
+  next) are recorded in checkpoints by path and content hash, not saved. The teacher is a
+  training-only part: :func:`load_system` (sampling) neither loads nor checks it;
 - ``spec``: the backbone's :class:`~kinema.models.backbone.BackboneSpec`;
 - ``space``: where diffusion runs (:mod:`kinema.spaces`).
 
@@ -28,6 +29,7 @@ from torch import nn
 from kinema import checkpoint as ckpt_io
 from kinema.config import KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
+from kinema.diffusion.distill import DistillationObjective
 from kinema.diffusion.guidance import GuidanceDropout
 from kinema.diffusion.objective import SELF_CONDITION_PROB, DiffusionObjective
 from kinema.diffusion.schedule import Schedule, resolution_shift
@@ -37,6 +39,8 @@ from kinema.models.text import TextConditioned, TransformersTextEncoder, build_t
 from kinema.spaces import build_space
 
 MODEL = "model"  # the name of the trained part
+TEACHER = "teacher"  # the frozen teacher of a distillation run (train.objective=distill)
+TRAINING_ONLY = (TEACHER,)  # frozen parts that sampling from a checkpoint does not need
 
 
 def build_model(cfg: KinemaConfig) -> nn.Module:
@@ -72,13 +76,16 @@ def build_schedule(cfg: KinemaConfig) -> Schedule:
     return Schedule(d.schedule, d.logsnr_min, d.logsnr_max)
 
 
-def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> DiffusionObjective:
-    """The training objective of a config: the diffusion loss of ``cfg.diffusion`` with the
-    conditioning hooks the config turns on (classifier-free guidance dropout, context frames, the
-    low-resolution input of a super-resolution stage), and self-conditioning when the backbone reads
-    ``self_cond``. Both read the backbone's ``spec``: the one given (the trainer passes its model's), or
-    that of a backbone built from ``cfg``."""
+def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> DiffusionObjective | DistillationObjective:
+    """The training objective of a config (``train.objective``): distillation against the teacher of
+    ``cfg.distill`` (:func:`build_distillation_objective`), or the diffusion loss of ``cfg.diffusion``
+    with the conditioning hooks the config turns on (classifier-free guidance dropout, context frames,
+    the low-resolution input of a super-resolution stage) and self-conditioning when the backbone reads
+    ``self_cond``. Those read the backbone's ``spec``: the one given (the trainer passes its model's),
+    or that of a backbone built from ``cfg``."""
     d, t = cfg.diffusion, cfg.train
+    if t.objective == "distill":
+        return build_distillation_objective(cfg)
     spec = spec or backbone_spec(build_backbone(cfg.model.name, cfg.model.backbone))
     hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context))
     if cfg.sr.is_stage:
@@ -86,6 +93,66 @@ def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> D
     self_condition = SELF_CONDITION_PROB if "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
                               hooks, self_condition)
+
+
+# ---- distillation ---------------------------------------------------------------------------------
+
+
+def takes_guidance_weight(cfg: KinemaConfig) -> bool:
+    """Is the model of ``cfg`` a guided student, taking the guidance weight w as an input (Meng et al.
+    2023) instead of running classifier-free guidance's two passes?"""
+    return cfg.train.objective == "distill" and cfg.distill.guided
+
+
+def distilled_steps(cfg: KinemaConfig) -> Optional[int]:
+    """The DDIM steps a progressive-distillation student was distilled for (None: not such a student)."""
+    if cfg.train.objective == "distill" and cfg.distill.stage == "progressive":
+        return cfg.distill.student_steps
+    return None
+
+
+def build_distillation_objective(cfg: KinemaConfig) -> DistillationObjective:
+    """:class:`~kinema.diffusion.distill.DistillationObjective` for ``cfg.distill``: the schedule and the
+    sampler's grid spacing are the student's (= the teacher's, :func:`kinema.train.distill.round_config`
+    copies them); the teacher's parameterization and whether it takes w come from its checkpoint."""
+    dc = cfg.distill
+    teacher_cfg = ckpt_io.load_checkpoint_config(ckpt_io.resolve_checkpoint(_teacher_path(cfg)))
+    return DistillationObjective(build_schedule(cfg), dc.stage, cfg.diffusion.parameterization,
+                                 teacher_cfg.diffusion.parameterization, dc.student_steps, cfg.sample.spacing,
+                                 dc.w_range if dc.guided else None, takes_guidance_weight(teacher_cfg),
+                                 cfg.diffusion.t_sampling)
+
+
+def _teacher_path(cfg: KinemaConfig) -> str:
+    if not cfg.distill.teacher:
+        raise ValueError("train.objective=distill needs distill.teacher: the teacher's checkpoint or run directory")
+    return cfg.distill.teacher
+
+
+def build_teacher(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> Part:
+    """The frozen ``teacher`` part of a distillation config: the checkpoint ``distill.teacher`` (its
+    EMA weights, on CPU, without gradients), recorded by its resolved path and sha256."""
+    teacher, ckpt = load_system(_teacher_path(cfg), device="cpu")
+    teacher.model.requires_grad_(False)
+    source = str(ckpt.resolve())
+    return Part(teacher.model, trainable=False, source=source,
+                sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
+
+
+def init_from_teacher(student: nn.Module, teacher: nn.Module, source: str) -> None:
+    """Start the student as a copy of its teacher (Salimans & Ho 2022, Algorithm 2; Meng et al. 2023).
+    A guided student's extra guidance-weight embedding is the only thing the teacher lacks: it keeps
+    its zero-initialized output, so the student starts as the teacher at every w. (``build_system``
+    also freezes a built-in text encoder in the student: the teacher is fed the student's text
+    embeddings, so they must stay the teacher's.)"""
+    own, state = student.state_dict(), teacher.state_dict()
+    unexpected = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    extra = [k for k in own if k not in state]
+    if unexpected or any("guidance_weight" not in k for k in extra):
+        raise ValueError(f"the student's model does not fit teacher {source}: "
+                         f"{(unexpected or [k for k in extra if 'guidance_weight' not in k])[:3]} differ; the "
+                         f"student must be the teacher's model (plus a guidance-weight input for guided students)")
+    student.load_state_dict(state, strict=False)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -203,9 +270,11 @@ def named_trainable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Para
     return ((n, p) for n, p in module.named_parameters() if p.requires_grad)
 
 
-def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> System:
+def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: bool = True) -> System:
     """The parts a config describes, freshly initialized (frozen parts loaded from their paths). With
-    ``frozen_hashes`` the content hash of every frozen part's source is computed (for the manifest)."""
+    ``frozen_hashes`` the content hash of every frozen part's source is computed (for the manifest).
+    With ``training`` the training-only parts too: a distillation config's ``teacher``, from which the
+    student's weights are initialized."""
     model = build_model(cfg)
     spec = backbone_spec(model)
     check_context_config(cfg.train.context, cfg.data.num_frames, spec.in_channels, spec.extra_in_channels)
@@ -216,17 +285,24 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> System:
         source = str(Path(cfg.model.text.path).expanduser().resolve())
         parts["text_encoder"] = Part(encoder, trainable=False, source=source,
                                      sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
+    if training and cfg.train.objective == "distill":
+        parts[TEACHER] = build_teacher(cfg, frozen_hashes=frozen_hashes)
+        init_from_teacher(model, parts[TEACHER].module, parts[TEACHER].source)
+        if isinstance(encoder, nn.Module):  # a built-in text encoder stays the teacher's: both read its embeddings
+            encoder.requires_grad_(False)
     return System(cfg, parts)
 
 
 def load_system(path: str | Path, *, ema: bool = True, device: str | torch.device = "auto") -> tuple[System, Path]:
     """(system in eval mode on ``device``, the checkpoint directory) from a checkpoint or run directory.
-    Frozen parts are checked against the hashes the checkpoint recorded."""
+    Frozen parts are checked against the hashes the checkpoint recorded; training-only parts (a
+    distillation teacher) are neither loaded nor checked."""
     ckpt = ckpt_io.resolve_checkpoint(path)
     cfg = ckpt_io.load_checkpoint_config(ckpt)  # safe YAML; errors name the file
-    system = build_system(cfg)
+    system = build_system(cfg, training=False)
     manifest = ckpt_io.load_manifest(ckpt)
-    ckpt_io.check_frozen_parts(manifest, system.manifest(), ckpt)
+    needed = {**manifest, "parts": {k: v for k, v in manifest["parts"].items() if k not in TRAINING_ONLY}}
+    ckpt_io.check_frozen_parts(needed, system.manifest(), ckpt)
     state = ckpt_io.load_part_state(ckpt, MODEL, ema=ema, manifest=manifest)
     ckpt_io.load_model_state(system.model, state, ckpt)
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -234,5 +310,6 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
     return system, ckpt
 
 
-__all__ = ["MODEL", "Part", "System", "autocast", "autocast_dtype", "build_model", "build_objective",
-           "build_schedule", "build_system", "load_system", "named_trainable_parameters", "resolve_device"]
+__all__ = ["MODEL", "TEACHER", "Part", "System", "autocast", "autocast_dtype", "build_model", "build_objective",
+           "build_schedule", "build_system", "build_teacher", "distilled_steps", "load_system",
+           "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context
 from kinema.diffusion.guidance import frame_selection, guided_denoiser, reconstruction_guidance, replacement
-from kinema.pipelines.sample import SamplerSettings, autocast_denoiser, complete_context, label_guided, labelled
+from kinema.pipelines.sample import SamplerSettings, apply_guidance, autocast_denoiser, complete_context, labelled
 from kinema.resize import resize_video
 from kinema.system import System
 
@@ -102,7 +102,7 @@ def conditional_denoiser(system: System, method: str, x_a: Tensor, known: Tensor
         fields = ("context",) + (LABEL_FIELDS if labelled(c) else ())
         denoise = guided_denoiser(with_amp, c, drop_conditioning(c, fields=fields), guidance)
     else:
-        denoise = label_guided(with_amp, complete_context(system, cond, x_a), guidance)
+        denoise = apply_guidance(system, with_amp, complete_context(system, cond, x_a), guidance)
         if method == "reconstruction" and recon_weight != 0:
             view = known[:, None, :, None, None].to(x_a.dtype)
             denoise = reconstruction_guidance(denoise, x_a * view, frame_selection(known), recon_weight,

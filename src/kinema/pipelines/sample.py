@@ -15,12 +15,13 @@ from tqdm.auto import tqdm
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context, with_self_cond
 from kinema.config import KinemaConfig
+from kinema.diffusion.distill import with_guidance_weight
 from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guidance_weights, weight_by_logsnr
 from kinema.diffusion.objective import Denoise, Denoiser, Prediction
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
 from kinema.diffusion.superres import augment_lowres, with_lowres
-from kinema.system import System, autocast, autocast_dtype, build_schedule
+from kinema.system import System, autocast, autocast_dtype, build_schedule, distilled_steps
 from kinema.validate import require_finite
 
 
@@ -44,6 +45,7 @@ class SamplerSettings:
         steps = s.steps if steps is None else steps
         if steps < 1:
             raise ValueError(f"sampling steps must be >= 1, got {steps}")
+        check_distilled_steps(system, steps)
         name = sampler or s.sampler
         eta = s.eta if eta is None else eta
         threshold = system.space.thresholding(s.thresholding if thresholding == "config" else thresholding)
@@ -53,6 +55,17 @@ class SamplerSettings:
     def __call__(self, denoise, z: torch.Tensor, *, generator=None, callback=None) -> torch.Tensor:
         return self.fn(denoise, z, self.grid, generator=generator, thresholding=self.thresholding,
                        callback=callback, **self.extra)
+
+
+def check_distilled_steps(system: System, steps: int) -> None:
+    """A progressive-distillation student learned one DDIM step per pair of its teacher's steps on its
+    own N-step grid; on any other grid it was never trained (its jumps would be too long or too short),
+    so sampling it with other steps is an error, not a warning."""
+    n = distilled_steps(system.cfg)
+    if n is not None and steps != n:
+        raise ValueError(f"this model is a distilled student for {n} sampling steps (distill.student_steps={n}); "
+                         f"{steps} steps is not what it was trained for: sample it with --steps {n}, or sample its "
+                         f"teacher ({system.cfg.distill.teacher}) for other step counts")
 
 
 def complete_context(system: System, cond: Optional[Conditioning], z: torch.Tensor) -> Optional[Conditioning]:
@@ -159,6 +172,27 @@ def label_guided(net, cond: Optional[Conditioning], weight: "Weight") -> Denoise
     return lambda z, logsnr: net(z, logsnr, cond)
 
 
+def guidance_input(net, cond: Optional[Conditioning], weight: "Weight") -> Denoise:
+    """``denoise(z, logsnr)`` for a guided student (Meng et al. 2023), which takes the guidance weight as
+    its input ``cond.guidance_weight``: one pass per step instead of classifier-free guidance's two.
+    ``weight``: a float, a ``[B]`` tensor or a function of the noise level (oscillating guidance)."""
+
+    def denoise(z: torch.Tensor, logsnr: torch.Tensor):
+        w = weight(logsnr) if callable(weight) else weight
+        w = torch.as_tensor(w, dtype=z.dtype, device=z.device).expand(z.shape[0])
+        return net(z, logsnr, with_guidance_weight(cond, w))
+
+    return denoise
+
+
+def apply_guidance(system: System, net, cond: Optional[Conditioning], weight: "Weight") -> Denoise:
+    """The sampler-ready denoiser with guidance ``weight``: fed as an input to a guided student
+    (:func:`guidance_input`), else classifier-free guidance over the labels (:func:`label_guided`)."""
+    if "guidance_weight" in system.spec.reads:
+        return guidance_input(net, cond, weight)
+    return label_guided(net, cond, weight)
+
+
 def _cycle(values: Sequence, num: int) -> list:
     return [values[i % len(values)] for i in range(num)]
 
@@ -248,7 +282,7 @@ def sample_videos(
         b = min(batch_size, num - start)
         z = torch.randn((b, *shape), generator=generator, device=device)
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
-        denoise = label_guided(net, complete_context(system, c, z), weight)
+        denoise = apply_guidance(system, net, complete_context(system, c, z), weight)
         video = run(net.track(denoise), z, generator=generator, callback=lambda *a: bar.update(1))
         require_finite(video, f"samples {start + 1}-{start + b} of {num}")  # NaN would be written as black
         outputs.append(system.space.decode(video).cpu())

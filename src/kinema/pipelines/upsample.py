@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from kinema.conditioning import Conditioning
 from kinema.diffusion.guidance import reconstruction_guidance, spatial_downsampling
 from kinema.pipelines.extend import as_batch
-from kinema.pipelines.sample import (SamplerSettings, autocast_denoiser, complete_context, label_guided,
+from kinema.pipelines.sample import (SamplerSettings, apply_guidance, autocast_denoiser, complete_context,
                                      lowres_conditioning, sample_videos)
 from kinema.system import System
 
@@ -53,8 +53,8 @@ def upsample_video(system: System, lowres: Tensor, *, size: Optional[int] = None
     z = torch.randn((y.shape[0], *system.space.shape(y.shape[2], size)), generator=generator, device=device)
     c = complete_context(system, cond.to(device) if cond is not None else None, z)
     net = autocast_denoiser(system, precision)
-    guided = reconstruction_guidance(label_guided(net, c, guidance), y, spatial_downsampling(tuple(y.shape[-2:])),
-                                     recon_weight)
+    guided = reconstruction_guidance(apply_guidance(system, net, c, guidance), y,
+                                     spatial_downsampling(tuple(y.shape[-2:])), recon_weight)
     with tqdm(total=run.steps, desc="upsample", unit="step", disable=not progress) as bar, torch.no_grad():
         video = run(net.track(guided), z, generator=generator, callback=lambda *a: bar.update(1))
     return system.space.decode(video).cpu()

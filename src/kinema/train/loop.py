@@ -140,6 +140,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.system = build_system(cfg)
         self.model = self.system.model.to(self.device)
+        self.frozen = {name: part.module.to(self.device) for name, part in self.system.frozen().items()}
         if rank() > 0:
             torch.manual_seed(t.seed + rank())  # but each rank its own dropout stream
         if t.channels_last:
@@ -277,7 +278,7 @@ class Trainer:
             x = self.system.space.encode(x)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            loss, _ = self.objective({MODEL: self.net}, TrainBatch(x, cond, batch), self.random)
+            loss, _ = self.objective({**self.frozen, MODEL: self.net}, TrainBatch(x, cond, batch), self.random)
         return loss
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
