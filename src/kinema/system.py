@@ -84,12 +84,10 @@ def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> D
     ``self_cond``. Those read the backbone's ``spec``: the one given (the trainer passes its model's),
     or that of a backbone built from ``cfg``."""
     d, t = cfg.diffusion, cfg.train
-    if t.objective == "distill":
-        return build_distillation_objective(cfg)
     spec = spec or backbone_spec(build_backbone(cfg.model.name, cfg.model.backbone))
-    hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context))
-    if cfg.sr.is_stage:
-        hooks += (LowResInput(cfg.sr, build_schedule(cfg), "lowres_logsnr" in spec.reads),)
+    if t.objective == "distill":
+        return build_distillation_objective(cfg, _sr_hooks(cfg, spec))
+    hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context)) + _sr_hooks(cfg, spec)
     self_condition = SELF_CONDITION_PROB if "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
                               hooks, self_condition)
@@ -111,16 +109,17 @@ def distilled_steps(cfg: KinemaConfig) -> Optional[int]:
     return None
 
 
-def build_distillation_objective(cfg: KinemaConfig) -> DistillationObjective:
+def build_distillation_objective(cfg: KinemaConfig, hooks: tuple = ()) -> DistillationObjective:
     """:class:`~kinema.diffusion.distill.DistillationObjective` for ``cfg.distill``: the schedule and the
     sampler's grid spacing are the student's (= the teacher's, :func:`kinema.train.distill.round_config`
-    copies them); the teacher's parameterization and whether it takes w come from its checkpoint."""
+    copies them); the teacher's parameterization and whether it takes w come from its checkpoint;
+    ``hooks`` complete the conditioning (an SR stage's low-resolution input)."""
     dc = cfg.distill
     teacher_cfg = ckpt_io.load_checkpoint_config(ckpt_io.resolve_checkpoint(_teacher_path(cfg)))
     return DistillationObjective(build_schedule(cfg), dc.stage, cfg.diffusion.parameterization,
                                  teacher_cfg.diffusion.parameterization, dc.student_steps, cfg.sample.spacing,
                                  dc.w_range if dc.guided else None, takes_guidance_weight(teacher_cfg),
-                                 cfg.diffusion.t_sampling)
+                                 cfg.diffusion.t_sampling, hooks)
 
 
 def _teacher_path(cfg: KinemaConfig) -> str:
@@ -153,6 +152,13 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, source: str) -> No
                          f"{(unexpected or [k for k in extra if 'guidance_weight' not in k])[:3]} differ; the "
                          f"student must be the teacher's model (plus a guidance-weight input for guided students)")
     student.load_state_dict(state, strict=False)
+
+
+def _sr_hooks(cfg: KinemaConfig, spec: BackboneSpec) -> tuple:
+    """The low-resolution input hook of a super-resolution stage (none for a base model)."""
+    if not cfg.sr.is_stage:
+        return ()
+    return (LowResInput(cfg.sr, build_schedule(cfg), "lowres_logsnr" in spec.reads),)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

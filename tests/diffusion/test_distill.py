@@ -151,3 +151,29 @@ def test_config_checks():
         DistillConfig(stage="guided")
     with pytest.raises(ValueError, match="w_range"):
         DistillationObjective(SCHEDULE, "guided")
+
+
+def test_distillation_applies_the_teachers_conditioning_hooks():
+    """An SR stage's teacher and student both see the low-resolution input its hook derives from x
+    (the same tensor), so a cascade stage can be distilled."""
+    from kinema.diffusion.distill import DistillationObjective
+    from kinema.diffusion.objective import LocalRandom, TrainBatch
+    from kinema.diffusion.schedule import Schedule
+    from kinema.diffusion.superres import LowResInput, SRConfig
+
+    seen = {}
+
+    def spy(name):
+        def net(z, logsnr, cond=None):
+            seen.setdefault(name, []).append(None if cond is None else cond.lowres)
+            return torch.zeros_like(z)
+        return net
+
+    sr = SRConfig(spatial_factor=2, aug_max=0.0)
+    objective = DistillationObjective(Schedule("cosine"), "progressive", student_steps=2,
+                                      hooks=(LowResInput(sr, Schedule("cosine"), False),))
+    x = torch.rand(2, 3, 4, 8, 8) * 2 - 1
+    objective({"model": spy("student"), "teacher": spy("teacher")}, TrainBatch(x, None, {}),
+              LocalRandom(torch.Generator().manual_seed(0), 2))
+    assert seen["student"][0] is not None and seen["student"][0].shape == (2, 3, 4, 4, 4)
+    assert all(t is seen["student"][0] for t in seen["teacher"])

@@ -161,8 +161,10 @@ class DistillationObjective:
     ``stage="progressive"``: a student step on the ``student_steps`` grid (``spacing`` as the sampler's)
     drawn uniformly, the target is :func:`progressive_target`. With ``w_range`` each example draws
     w ~ U(w_range), fed to the student as ``cond.guidance_weight`` (and to the teacher as input when
-    ``teacher_takes_w``, else by classifier-free guidance). Draws, in order: w, the step / t, the noise,
-    all through ``rng``. The teacher runs without gradients.
+    ``teacher_takes_w``, else by classifier-free guidance). ``hooks`` (``hook(x, cond, rng) -> (cond, _)``)
+    complete the conditioning as in the teacher's training, e.g. the low-resolution input of a
+    super-resolution stage; teacher and student get the same. Draws, in order: the hooks', w, the step /
+    t, the noise, all through ``rng``. The teacher runs without gradients.
     """
 
     schedule: Schedule
@@ -174,6 +176,7 @@ class DistillationObjective:
     w_range: Optional[tuple[float, float]] = None
     teacher_takes_w: bool = False
     t_sampling: str = "stratified"
+    hooks: tuple = ()  # conditioning hooks the teacher trained with (e.g. an SR stage's low-res input)
 
     def __post_init__(self) -> None:
         if self.stage not in ("guided", "progressive"):
@@ -193,6 +196,8 @@ class DistillationObjective:
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond = batch.x, batch.cond
+        for hook in self.hooks:
+            cond, _ = hook(x, cond, rng)
         w = None
         if self.w_range is not None:
             lo, hi = self.w_range
