@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from kinema.autoencoding import AutoencoderLossConfig
 from kinema.diffusion.context import ContextConfig
 from kinema.models import backbone_entry, backbone_names
 from kinema.models.text import TextConfig
@@ -65,7 +66,8 @@ class ModelConfig:
     name: str = "unet3d"
     backbone: Any = None  # the config dataclass registered for `name` (YAML: model.<section>)
     text: TextConfig = field(default_factory=TextConfig)  # text encoder feeding the backbone's text_dim
-    space: Literal["pixel"] = "pixel"  # where diffusion runs (see kinema/spaces.py)
+    space: Literal["pixel", "latent"] = "pixel"  # where diffusion runs (see kinema/spaces.py)
+    autoencoder: Optional[str] = None  # space=latent: a trained autoencoder's checkpoint or run dir (a frozen part)
 
     # The variant machinery (from_dict / apply_overrides / to_dict): field naming the variant, field
     # holding its section, and name -> (section key, config dataclass).
@@ -147,6 +149,8 @@ class TrainConfig:
     tensorboard: bool = True  # used when the tensorboard package is installed
     progress: bool = True
     context: ContextConfig = field(default_factory=ContextConfig)
+    objective: Literal["diffusion", "autoencoder"] = "diffusion"  # what a step computes (system.build_objective)
+    autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)  # objective=autoencoder
 
 
 @dataclass
