@@ -105,9 +105,10 @@ def test_autoencoder_path_errors(ae_ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoencoder(ae_ckpt, tmp_path):
-    ae_ckpt = Path(shutil.copytree(ae_ckpt, tmp_path / "ae"))  # a copy: this test alters it at the end
+    ae_run = Path(shutil.copytree(ae_ckpt.parent.parent, tmp_path / "ae"))  # a copy: this test alters it
+    ae_ckpt = ckpt_io.resolve_checkpoint(ae_run)
     run = tmp_path / "walt"
-    trainer = Trainer(load_config(None, latent_overrides(run, ae_ckpt)))
+    trainer = Trainer(load_config(None, latent_overrides(run, ae_run)))  # the autoencoder's run directory
     ae = trainer.system.parts["autoencoder"].module
     before = {k: v.clone() for k, v in ae.state_dict().items()}
     optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -124,10 +125,14 @@ def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoe
     out = tmp_path / "s.gif"
     assert main(["sample", str(run), "--num", "1", "--steps", "2", "--frames", "9", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
-    # another autoencoder behind the same path: refused
-    weights = ae_ckpt / "model.safetensors"
-    state = load_file(weights)
+    # the autoencoder's run goes on training: the latent model still loads the checkpoint it was trained with
+    newer = Path(shutil.copytree(ae_ckpt, ae_ckpt.with_name("step-00000099")))
+    state = load_file(newer / "model.safetensors")
     state["latent_std"] = torch.tensor(0.25)
-    save_file(state, str(weights))
+    save_file(state, str(newer / "model.safetensors"))
+    assert ckpt_io.resolve_checkpoint(ae_run) == newer
+    assert load_system(run)[0].parts["autoencoder"].source == str(ae_ckpt.resolve())
+    # another autoencoder behind the recorded path: refused
+    save_file(state, str(ae_ckpt / "model.safetensors"))
     with pytest.raises(ValueError, match="frozen part 'autoencoder'.*a different autoencoder"):
         load_system(run)

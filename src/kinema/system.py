@@ -271,8 +271,11 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
     Frozen parts are checked against the hashes the checkpoint recorded."""
     ckpt = ckpt_io.resolve_checkpoint(path)
     cfg = ckpt_io.load_checkpoint_config(ckpt)  # safe YAML; errors name the file
-    system = build_system(cfg)
     manifest = ckpt_io.load_manifest(ckpt)
+    recorded = manifest["parts"].get(AUTOENCODER, {}).get("source")
+    if recorded and Path(recorded).is_dir():  # the exact autoencoder checkpoint, not the newest of its run
+        cfg.model.autoencoder = recorded
+    system = build_system(cfg)
     ckpt_io.check_frozen_parts(manifest, system.manifest(), ckpt)
     state = ckpt_io.load_part_state(ckpt, MODEL, ema=ema, manifest=manifest)
     ckpt_io.load_model_state(system.model, state, ckpt)
