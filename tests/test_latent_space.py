@@ -104,7 +104,7 @@ def test_autoencoder_path_errors(ae_ckpt, tmp_path):
 
 
 @pytest.mark.slow
-def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoencoder(ae_ckpt, tmp_path):
+def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoencoder(ae_ckpt, tmp_path, capsys):
     ae_run = Path(shutil.copytree(ae_ckpt.parent.parent, tmp_path / "ae"))  # a copy: this test alters it
     ae_ckpt = ckpt_io.resolve_checkpoint(ae_run)
     run = tmp_path / "walt"
@@ -125,6 +125,9 @@ def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoe
     out = tmp_path / "s.gif"
     assert main(["sample", str(run), "--num", "1", "--steps", "2", "--frames", "9", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["extend", str(run), "--input", str(out), "--frames", "13", "--out", str(tmp_path / "l.gif")]) != 0
+    assert "extend works on pixel-space models only for now" in capsys.readouterr().err
     # the autoencoder's run goes on training: the latent model still loads the checkpoint it was trained with
     newer = Path(shutil.copytree(ae_ckpt, ae_ckpt.with_name("step-00000099")))
     state = load_file(newer / "model.safetensors")
