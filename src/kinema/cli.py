@@ -111,10 +111,11 @@ def _recon_weight(args: argparse.Namespace, reconstruction: bool) -> Optional[fl
 
 def _cmd_extend(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
-    from kinema.pipelines.extend import extend_video, read_clip
+    from kinema.pipelines.extend import extend_video, read_clip, require_pixel_space
     from kinema.system import load_system
 
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
+    require_pixel_space(system, "extend")
     method = args.method or ("context" if system.is_context_model else "reconstruction")
     recon = _recon_weight(args, method == "reconstruction")
     clip = read_clip(args.input, system.space.channels, args.size or system.space.size)
@@ -131,11 +132,12 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
-    from kinema.pipelines.extend import read_clip
+    from kinema.pipelines.extend import read_clip, require_pixel_space
     from kinema.pipelines.upsample import DEFAULT_RECON_WEIGHT, upsample_video
     from kinema.system import load_system
 
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
+    require_pixel_space(system, "upsample")
     recon = _recon_weight(args, True)
     low = read_clip(args.input, system.space.channels, max_frames=args.max_frames)
     video = upsample_video(system, low, size=args.size, recon_weight=DEFAULT_RECON_WEIGHT if recon is None else recon,

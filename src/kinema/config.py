@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from kinema.autoencoding import AutoencoderLossConfig
 from kinema.diffusion.context import ContextConfig
 from kinema.diffusion.distill import DistillConfig
 from kinema.diffusion.superres import SRConfig
@@ -67,7 +68,8 @@ class ModelConfig:
     name: str = "unet3d"
     backbone: Any = None  # the config dataclass registered for `name` (YAML: model.<section>)
     text: TextConfig = field(default_factory=TextConfig)  # text encoder feeding the backbone's text_dim
-    space: Literal["pixel"] = "pixel"  # where diffusion runs (see kinema/spaces.py)
+    space: Literal["pixel", "latent"] = "pixel"  # where diffusion runs (see kinema/spaces.py)
+    autoencoder: Optional[str] = None  # space=latent: a trained autoencoder's checkpoint or run dir (a frozen part)
 
     # The variant machinery (from_dict / apply_overrides / to_dict): field naming the variant, field
     # holding its section, and name -> (section key, config dataclass).
@@ -119,7 +121,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/kinema"
-    objective: Literal["diffusion", "distill"] = "diffusion"  # distill: against the frozen teacher of `distill`
+    objective: Literal["diffusion", "distill", "autoencoder"] = "diffusion"  # what a step computes (system.build_objective)
     steps: int = 10000
     minutes: Optional[float] = None  # stop early after this wall-clock budget (checkpoint first)
     batch_size: int = 8
@@ -150,6 +152,7 @@ class TrainConfig:
     tensorboard: bool = True  # used when the tensorboard package is installed
     progress: bool = True
     context: ContextConfig = field(default_factory=ContextConfig)
+    autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)  # objective=autoencoder
 
 
 @dataclass

@@ -27,20 +27,23 @@ import torch
 from torch import nn
 
 from kinema import checkpoint as ckpt_io
-from kinema.config import KinemaConfig
+from kinema.autoencoding import AutoencoderObjective
+from kinema.config import ConfigError, KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.distill import DistillationObjective
 from kinema.diffusion.guidance import GuidanceDropout
 from kinema.diffusion.objective import SELF_CONDITION_PROB, DiffusionObjective
 from kinema.diffusion.schedule import Schedule, resolution_shift
 from kinema.diffusion.superres import LowResInput, check_sr_config
-from kinema.models import BackboneSpec, backbone_entry, backbone_spec, build_backbone
+from kinema.models import BackboneSpec, backbone_entry, backbone_names, backbone_spec, build_backbone
+from kinema.models.autoencoder import VideoAutoencoder
 from kinema.models.text import TextConditioned, TransformersTextEncoder, build_text_encoder
 from kinema.spaces import build_space
 
 MODEL = "model"  # the name of the trained part
 TEACHER = "teacher"  # the frozen teacher of a distillation run (train.objective=distill)
 TRAINING_ONLY = (TEACHER,)  # frozen parts that sampling from a checkpoint does not need
+AUTOENCODER = "autoencoder"  # the frozen autoencoder of a latent space
 
 
 def build_model(cfg: KinemaConfig) -> nn.Module:
@@ -76,14 +79,20 @@ def build_schedule(cfg: KinemaConfig) -> Schedule:
     return Schedule(d.schedule, d.logsnr_min, d.logsnr_max)
 
 
-def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None) -> DiffusionObjective | DistillationObjective:
-    """The training objective of a config (``train.objective``): distillation against the teacher of
-    ``cfg.distill`` (:func:`build_distillation_objective`), or the diffusion loss of ``cfg.diffusion``
+def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None
+                    ) -> DiffusionObjective | DistillationObjective | AutoencoderObjective:
+    """The training objective of a config (``train.objective``): the autoencoder loss of
+    ``train.autoencoder`` (:mod:`kinema.autoencoding`); distillation against the teacher of
+    ``cfg.distill`` (:func:`build_distillation_objective`); or the diffusion loss of ``cfg.diffusion``
     with the conditioning hooks the config turns on (classifier-free guidance dropout, context frames,
     the low-resolution input of a super-resolution stage) and self-conditioning when the backbone reads
     ``self_cond``. Those read the backbone's ``spec``: the one given (the trainer passes its model's),
     or that of a backbone built from ``cfg``."""
     d, t = cfg.diffusion, cfg.train
+    check_objective(cfg)
+    if t.objective == "autoencoder":
+        ae = cfg.model.backbone
+        return AutoencoderObjective(t.autoencoder, ae.latent_channels, ae.spatial_factor, ae.temporal_factor)
     spec = spec or backbone_spec(build_backbone(cfg.model.name, cfg.model.backbone))
     if t.objective == "distill":
         return build_distillation_objective(cfg, _sr_hooks(cfg, spec))
@@ -159,6 +168,20 @@ def _sr_hooks(cfg: KinemaConfig, spec: BackboneSpec) -> tuple:
     if not cfg.sr.is_stage:
         return ()
     return (LowResInput(cfg.sr, build_schedule(cfg), "lowres_logsnr" in spec.reads),)
+
+
+def check_objective(cfg: KinemaConfig) -> None:
+    """``train.objective`` must fit the kind of model ``model.name`` registers (denoiser /
+    autoencoder); an autoencoder trains in pixels."""
+    kind, objective = backbone_entry(cfg.model.name).kind, cfg.train.objective
+    if kind == "autoencoder" and objective != "autoencoder":
+        raise ConfigError(f"model.name={cfg.model.name} is an autoencoder: train it with train.objective=autoencoder "
+                          f"(got train.objective={objective})")
+    if kind != "autoencoder" and objective == "autoencoder":
+        raise ConfigError(f"train.objective=autoencoder needs an autoencoder model "
+                          f"(model.name={', '.join(backbone_names(kind='autoencoder'))}), got model.name={cfg.model.name}")
+    if kind == "autoencoder" and cfg.model.space != "pixel":
+        raise ConfigError(f"model.name={cfg.model.name} is an autoencoder; it trains on pixels, set model.space=pixel")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -266,8 +289,17 @@ class System:
                              "trained with a text encoder")
         return self.model.encode_text(captions)
 
+    def require_generative(self) -> None:
+        """Raise when the model cannot sample (an autoencoder)."""
+        if backbone_entry(self.cfg.model.name).kind != "denoiser":
+            raise ValueError(f"this checkpoint is an autoencoder (model.name={self.cfg.model.name}, trained with "
+                             f"train.objective=autoencoder), not a generative model: it cannot sample. Use it as the "
+                             f"autoencoder of a latent model: model.space=latent model.autoencoder=PATH")
+
     def to(self, device) -> "System":
-        self.model.to(device)
+        """Move every part (the model and the frozen parts) to ``device``."""
+        for part in self.parts.values():
+            part.module.to(device)
         return self
 
 
@@ -284,7 +316,15 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
     model = build_model(cfg)
     spec = backbone_spec(model)
     check_context_config(cfg.train.context, cfg.data.num_frames, spec.in_channels, spec.extra_in_channels)
-    check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec)
+    check_objective(cfg)
+    if isinstance(model, VideoAutoencoder):  # its data: 1 + k * temporal_factor frames, sizes divisible
+        try:
+            model.latent_shape(cfg.data.num_frames, cfg.data.size, cfg.data.size)
+        except ValueError as e:
+            raise ConfigError(f"data.num_frames={cfg.data.num_frames} / data.size={cfg.data.size} do not fit the "
+                              f"autoencoder: {e}") from None
+    else:
+        check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec)
     parts = {MODEL: Part(model, trainable=True)}
     encoder = model.encoder() if isinstance(model, TextConditioned) else None
     if isinstance(encoder, TransformersTextEncoder):
@@ -296,7 +336,30 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
         init_from_teacher(model, parts[TEACHER].module, parts[TEACHER].source)
         if isinstance(encoder, nn.Module):  # a built-in text encoder stays the teacher's: both read its embeddings
             encoder.requires_grad_(False)
+    if cfg.model.space == "latent":
+        parts[AUTOENCODER] = load_autoencoder(cfg.model.autoencoder, frozen_hashes=frozen_hashes)
+    elif cfg.model.autoencoder is not None:
+        raise ConfigError(f"model.autoencoder={cfg.model.autoencoder} is set but model.space={cfg.model.space}; "
+                          f"set model.space=latent (or remove model.autoencoder)")
     return System(cfg, parts)
+
+
+def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part:
+    """The frozen autoencoder part of a latent space: the EMA weights of the autoencoder checkpoint (or
+    newest checkpoint of the run directory) at ``path``, in eval mode without gradients, recorded by
+    the checkpoint directory and its content hash."""
+    if not path:
+        raise ConfigError("model.space=latent needs model.autoencoder=PATH: the checkpoint (or run directory) of "
+                          "a trained autoencoder (model.name=causal_ae, train.objective=autoencoder)")
+    ckpt = ckpt_io.resolve_checkpoint(path)
+    cfg = ckpt_io.load_checkpoint_config(ckpt)
+    if backbone_entry(cfg.model.name).kind != "autoencoder":
+        raise ConfigError(f"model.autoencoder={path} is a checkpoint of model.name={cfg.model.name}, not of an "
+                          f"autoencoder (e.g. model.name=causal_ae)")
+    system, ckpt = load_system(ckpt, device="cpu")
+    ae = system.model.requires_grad_(False).eval()
+    source = str(ckpt.resolve())
+    return Part(ae, trainable=False, source=source, sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
 
 
 def load_system(path: str | Path, *, ema: bool = True, device: str | torch.device = "auto") -> tuple[System, Path]:
@@ -305,17 +368,20 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
     distillation teacher) are neither loaded nor checked."""
     ckpt = ckpt_io.resolve_checkpoint(path)
     cfg = ckpt_io.load_checkpoint_config(ckpt)  # safe YAML; errors name the file
-    system = build_system(cfg, training=False)
     manifest = ckpt_io.load_manifest(ckpt)
+    recorded = manifest["parts"].get(AUTOENCODER, {}).get("source")
+    if recorded and Path(recorded).is_dir():  # the exact autoencoder checkpoint, not the newest of its run
+        cfg.model.autoencoder = recorded
+    system = build_system(cfg, training=False)
     needed = {**manifest, "parts": {k: v for k, v in manifest["parts"].items() if k not in TRAINING_ONLY}}
     ckpt_io.check_frozen_parts(needed, system.manifest(), ckpt)
     state = ckpt_io.load_part_state(ckpt, MODEL, ema=ema, manifest=manifest)
     ckpt_io.load_model_state(system.model, state, ckpt)
     dev = resolve_device(device) if isinstance(device, str) else device
-    system.model.to(dev).eval()
+    system.to(dev).model.eval()
     return system, ckpt
 
 
-__all__ = ["MODEL", "TEACHER", "Part", "System", "autocast", "autocast_dtype", "build_model", "build_objective",
-           "build_schedule", "build_system", "build_teacher", "distilled_steps", "load_system",
-           "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]
+__all__ = ["AUTOENCODER", "MODEL", "TEACHER", "Part", "System", "autocast", "autocast_dtype", "build_model",
+           "build_objective", "build_schedule", "build_system", "build_teacher", "check_objective", "distilled_steps",
+           "load_autoencoder", "load_system", "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]

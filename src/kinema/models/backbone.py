@@ -77,33 +77,40 @@ def _round(value: int, multiple: int, minimum: int) -> tuple[int, int]:
 class Registration:
     """A registered backbone: its config dataclass, the module built from it, the config section it
     lives under (``model.<section>``) and an optional ``upgrade_state(state) -> state`` that renames
-    the tensors of checkpoints written before the current checkpoint format (format 1)."""
+    the tensors of checkpoints written before the current checkpoint format (format 1). ``kind``:
+    ``denoiser`` (the denoiser contract) or ``autoencoder`` (a
+    :class:`~kinema.models.autoencoder.VideoAutoencoder`, trained with ``train.objective=autoencoder``
+    and used as the frozen part of a latent space; it cannot sample)."""
 
     name: str
     config_cls: type
     model_cls: Callable[..., nn.Module]
     section: str
     upgrade_state: Optional[Callable[[dict], dict]] = None
+    kind: str = "denoiser"
 
 
 _REGISTRY: dict[str, Registration] = {}
+KINDS = ("denoiser", "autoencoder")
 
 
 def register_backbone(name: str, config_cls: type, model_cls: Callable[..., nn.Module], *,
                       section: Optional[str] = None, upgrade_state: Optional[Callable[[dict], dict]] = None,
-                      replace: bool = False) -> Registration:
+                      replace: bool = False, kind: str = "denoiser") -> Registration:
     """Register backbone ``name`` (built as ``model_cls(config_cls(...))``), configured under
     ``model.<section>`` (default: ``name``). Registering a taken name is an error unless ``replace``."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"backbone {name!r}: its config must be a dataclass, got {config_cls!r}")
+    if kind not in KINDS:
+        raise ValueError(f"backbone {name!r}: kind must be one of {KINDS}, got {kind!r}")
     if name in _REGISTRY and not replace:
         raise ValueError(f"a backbone named {name!r} is already registered")
     section = section or name
     taken = {r.section: r.name for r in _REGISTRY.values() if r.name != name}
-    if section in taken or section in ("name", "text", "space"):
+    if section in taken or section in ("name", "text", "space", "autoencoder"):
         raise ValueError(f"backbone {name!r}: config section model.{section} is already used"
                          + (f" by backbone {taken[section]!r}" if section in taken else ""))
-    entry = Registration(name, config_cls, model_cls, section, upgrade_state)
+    entry = Registration(name, config_cls, model_cls, section, upgrade_state, kind)
     _REGISTRY[name] = entry
     return entry
 
@@ -113,8 +120,9 @@ def unregister_backbone(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def backbone_names() -> list[str]:
-    return sorted(_REGISTRY)
+def backbone_names(kind: Optional[str] = None) -> list[str]:
+    """Registered names (of one ``kind`` when given)."""
+    return sorted(n for n, r in _REGISTRY.items() if kind is None or r.kind == kind)
 
 
 def backbone_entry(name: str) -> Registration:

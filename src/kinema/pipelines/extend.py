@@ -65,6 +65,14 @@ def as_batch(video: Tensor, system: System, what: str = "video") -> Tensor:
     return video
 
 
+def require_pixel_space(system: System, what: str) -> None:
+    """Frame-conditional pipelines count frames and read clips in the model's own space: refuse a latent
+    model until window / overlap / frame counts are mapped to latent frames."""
+    if system.space.name != "pixel":
+        raise ValueError(f"{what} works on pixel-space models only for now; this model runs in the "
+                         f"{system.space.name} space (model.space={system.cfg.model.space})")
+
+
 def window_plan(have: int, total: int, window: int, overlap: int) -> list[int]:
     """How many new frames each window makes, going from ``have`` frames to ``total`` with windows of
     ``window`` frames whose first ``overlap`` frames are known: ``ceil((total - have) / (window -
@@ -124,6 +132,7 @@ def extend_video(system: System, video: Tensor, frames: int, *, method: str = "r
     (default :data:`DEFAULT_RECON_WEIGHT`). Returns float32 ``[B, C, frames, H, W]`` on CPU whose
     first F0 frames are the input. Reproducible given ``seed``.
     """
+    require_pixel_space(system, "extend")
     video = as_batch(video, system, "video")
     window = window or system.space.frames
     overlap = overlap or window // 2

@@ -41,6 +41,7 @@ class SamplerSettings:
                     thresholding: Optional[str] = "config") -> "SamplerSettings":
         """Settings from ``system.cfg.sample`` with explicit overrides (None: the config's); the
         space decides which thresholding applies."""
+        system.require_generative()  # an autoencoder cannot sample
         s = system.cfg.sample
         steps = s.steps if steps is None else steps
         if steps < 1:

@@ -36,7 +36,7 @@ from kinema.diffusion.superres import degrade
 from kinema.data.factory import build_dataset
 from kinema.data.io import write_video
 from kinema.data.joint import check_joint_conditioning
-from kinema.data.loader import infinite_batches
+from kinema.data.loader import collate, infinite_batches
 from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import lowres_conditioning, make_conditioning, sample_videos
 from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
@@ -138,9 +138,9 @@ class Trainer:
         self.out_dir = prepare_run_dir(Path(t.out_dir).expanduser(), resume=resume, overwrite=overwrite,
                                        main=is_main(), report=print0)  # refuses an existing run / a live lock
         torch.manual_seed(t.seed)  # the same initial weights on every rank
-        self.system = build_system(cfg)
-        self.model = self.system.model.to(self.device)
-        self.frozen = {name: part.module.to(self.device) for name, part in self.system.frozen().items()}
+        self.system = build_system(cfg).to(self.device)  # every part, frozen ones too
+        self.model = self.system.model
+        self.frozen = {name: part.module for name, part in self.system.frozen().items()}
         if rank() > 0:
             torch.manual_seed(t.seed + rank())  # but each rank its own dropout stream
         if t.channels_last:
@@ -174,7 +174,9 @@ class Trainer:
 
     def _check_channels(self, item: dict) -> None:
         spec, channels = self.system.spec, item["video"].shape[0]
-        if channels != spec.in_channels:
+        if self.cfg.model.space != "pixel":  # the space knows what its encoder takes
+            self.system.space.check_channels(channels, f"dataset '{self.cfg.data.dataset}'")
+        elif channels != spec.in_channels:
             section = f"model.{config_section(self.cfg)}"
             raise ValueError(f"{section}.in_channels={spec.in_channels} but dataset '{self.cfg.data.dataset}' yields "
                              f"{channels}-channel videos; set {section}.in_channels={channels}")
@@ -446,8 +448,11 @@ class Trainer:
         model = self.ema_model()
         if not is_main():
             return None
-        system = self.system.with_model(model)
         items = [self.dataset[i % len(self.dataset)] for i in range(num)]  # preview the first items' labels
+        if hasattr(self.objective, "preview"):  # e.g. an autoencoder: its reconstructions, not samples
+            video, cond = self.inputs(collate(items))
+            return self._write_preview(path, self.objective.preview(model, video, cond.frame_segments).cpu())
+        system = self.system.with_model(model)
         prompts = [it["caption"] for it in items] if isinstance(model, TextConditioned) else None
         labels = [int(it[d.class_key]) for it in items] if d.class_key else None
         cond = make_conditioning(system, num, prompts=prompts, class_labels=labels)
@@ -456,6 +461,9 @@ class Trainer:
             clips = torch.stack([it["video"][:, :d.num_frames] for it in items]).to(self.device)
             cond = lowres_conditioning(system, degrade(clips, sr.spatial_factor, sr.temporal_factor), cond)
         videos = sample_videos(system, num, steps=t.sample_steps, seed=t.seed, cond=cond, progress=False)
+        return self._write_preview(path, videos)
+
+    def _write_preview(self, path: Path, videos: torch.Tensor) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, videos, fps=self.cfg.sample.fps)
         return path
