@@ -202,7 +202,18 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True) -> System:
         source = str(Path(cfg.model.text.path).expanduser().resolve())
         parts["text_encoder"] = Part(encoder, trainable=False, source=source,
                                      sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
+    for name, (module, source) in backbone_frozen_parts(model).items():  # e.g. Video LDM's image model
+        parts[name] = Part(module, trainable=False, source=source,
+                           sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
     return System(cfg, parts)
+
+
+def backbone_frozen_parts(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """The frozen pretrained modules a backbone holds inside itself (``frozen_parts()``: name -> (module,
+    local source path); Video LDM's image model), recorded as frozen parts; {} for other backbones."""
+    net = model.net if isinstance(model, TextConditioned) else model
+    declare = getattr(net, "frozen_parts", None)
+    return declare() if callable(declare) else {}
 
 
 def load_system(path: str | Path, *, ema: bool = True, device: str | torch.device = "auto") -> tuple[System, Path]:

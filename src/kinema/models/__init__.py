@@ -10,10 +10,12 @@ from __future__ import annotations
 from kinema.models.backbone import (BackboneSpec, Registration, backbone_entry, backbone_names, backbone_spec,
                                     build_backbone, register_backbone, unregister_backbone)
 from kinema.models.unet import UNet3D, UNetConfig, upgrade_v1_state
+from kinema.models.temporal import VideoLDM, VideoLDMConfig
 from kinema.models.walt import WALT, WALTConfig
 
 register_backbone("unet3d", UNetConfig, UNet3D, section="unet", upgrade_state=upgrade_v1_state)
 register_backbone("walt", WALTConfig, WALT, section="walt")
+register_backbone("video_ldm", VideoLDMConfig, VideoLDM, section="video_ldm")
 
-__all__ = ["BackboneSpec", "Registration", "UNet3D", "UNetConfig", "WALT", "WALTConfig", "backbone_entry", "backbone_names",
-           "backbone_spec", "build_backbone", "register_backbone", "unregister_backbone"]
+__all__ = ["BackboneSpec", "Registration", "UNet3D", "UNetConfig", "VideoLDM", "VideoLDMConfig", "WALT", "WALTConfig",
+           "backbone_entry", "backbone_names", "backbone_spec", "build_backbone", "register_backbone", "unregister_backbone"]
