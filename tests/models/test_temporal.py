@@ -13,8 +13,9 @@ from ldm_helpers import save_diffusers_unet, save_image_model
 from model_helpers import randomize
 from kinema.conditioning import Conditioning
 from kinema.config import load_config
+from kinema.models.blocks import segment_conv3d
 from kinema.models.temporal import (Conv3DBlock, FrameAttention, VideoLDM, VideoLDMConfig, ddpm_alphas_cumprod,
-                                    logsnr_to_timestep, mix_spatial_temporal, segment_conv3d)
+                                    logsnr_to_timestep, mix_spatial_temporal)
 from kinema.system import load_system
 
 TINY = dict(head_dim=8, norm_groups=4)

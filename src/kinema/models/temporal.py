@@ -66,7 +66,8 @@ from torch import Tensor, nn
 from kinema.conditioning import Conditioning
 from kinema.models.attention import SpatialAttention, _SelfAttention, _stride0_bias, frame_attention_bias
 from kinema.models.backbone import BackboneSpec
-from kinema.models.blocks import ResBlock, ResidualBranch, group_norm, sinusoidal_embedding, zero_init_residual_outputs
+from kinema.models.blocks import (ResBlock, ResidualBranch, group_norm, segment_conv3d, sinusoidal_embedding,
+                                  zero_init_residual_outputs)
 from kinema.models.text import TextConditioned
 from kinema.models.unet import UNet3D
 from kinema.models.walt import positions_in_segment
@@ -175,21 +176,6 @@ def ddpm_alphas_cumprod(num_steps: int, beta_start: float, beta_end: float, sche
     else:
         raise ValueError(f"unknown beta schedule {schedule!r}; choose scaled_linear or linear")
     return torch.cumprod(1.0 - betas, dim=0)
-
-
-def segment_conv3d(x: Tensor, conv: nn.Conv3d, frame_segments: Optional[Tensor]) -> Tensor:
-    """``conv`` (kernel ``(3, k, k)``, padding ``(1, k // 2, k // 2)``) over ``x [B, C, F, H, W]`` in which a
-    neighbouring frame of another ``frame_segments [B, F]`` segment counts as zero padding, as the clip's
-    border does: independent images never mix. The three temporal taps are applied as ``1 x k x k``
-    convolutions to the frame, its masked predecessor and its masked successor."""
-    if frame_segments is None:
-        return conv(x)
-    same = (frame_segments[:, 1:] == frame_segments[:, :-1]).to(x.dtype)[:, None, :, None, None]  # [B,1,F-1,1,1]
-    prev = F.pad(x[:, :, :-1] * same, (0, 0, 0, 0, 1, 0))  # prev[t] = x[t-1] within a segment, else 0
-    nxt = F.pad(x[:, :, 1:] * same, (0, 0, 0, 0, 0, 1))  # nxt[t] = x[t+1] within a segment, else 0
-    w, pad = conv.weight, (0,) + tuple(conv.padding[1:])  # [Cout, Cin, 3, k, k]
-    return (F.conv3d(prev, w[:, :, :1], padding=pad) + F.conv3d(x, w[:, :, 1:2], conv.bias, padding=pad)
-            + F.conv3d(nxt, w[:, :, 2:], padding=pad))
 
 
 # ---- temporal layers ------------------------------------------------------------------------------
@@ -509,5 +495,4 @@ class VideoLDM(nn.Module):
 
 __all__ = ["BASE", "Conv3DBlock", "DiffusersImageBase", "FrameAttention", "IMAGE_BASES", "KinemaImageBase",
            "SpatialLayer", "TemporalMixer", "VideoLDM", "VideoLDMConfig", "alpha_logit", "ddpm_alphas_cumprod",
-           "frame_positions", "load_diffusers_unet", "load_image_base", "logsnr_to_timestep", "mix_spatial_temporal",
-           "segment_conv3d"]
+           "frame_positions", "load_diffusers_unet", "load_image_base", "logsnr_to_timestep", "mix_spatial_temporal"]
