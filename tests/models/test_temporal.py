@@ -196,3 +196,9 @@ def test_diffusers_unet_runs_forward_and_backward_inside_the_video_model(tmp_pat
     with torch.no_grad():  # text reaches the output through the UNet's own cross-attention
         other = Conditioning(text_emb=cond.text_emb.flip(0), text_mask=cond.text_mask)
         assert (model(z, logsnr, cond) - model(z, logsnr, other)).abs().max() > 1e-5
+        cond.frame_segments = torch.tensor([[0, 0, 1, 2]] * 2)  # a 2-frame clip and two images
+        z2 = z.clone()
+        z2[:, :, 2] += 1.0
+        a, b = model(z, logsnr, cond), model(z2, logsnr, cond)
+        assert torch.equal(a[:, :, [0, 1, 3]], b[:, :, [0, 1, 3]]), "no information crosses segments"
+        assert (a[:, :, 2] - b[:, :, 2]).abs().max() > 1e-4

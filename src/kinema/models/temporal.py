@@ -367,7 +367,7 @@ class DiffusersImageBase(nn.Module):
             text = z.new_zeros(b, 1, dim)
         elif mask is not None:  # a fully masked item (the null text) gets zero tokens
             text = text * mask.any(dim=1).to(text.dtype)[:, None, None]
-        t = logsnr_to_timestep(logsnr.expand(b), self.alphas_cumprod).to(z.dtype)  # [B]
+        t = logsnr_to_timestep(logsnr.expand(b), self.alphas_cumprod).float()  # [B] (float32 under autocast too)
         frames = rearrange(z, "b c f h w -> (b f) c h w")
         out = self.unet(frames, t.repeat_interleave(f), encoder_hidden_states=text.to(z.dtype).repeat_interleave(f, 0),
                         return_dict=False)[0]  # [(B F), C, H, W]
@@ -463,18 +463,15 @@ class VideoLDM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def _mix_hook(self, index: int, frames: int, segments: Optional[Tensor], module, args, output):
-        """Forward hook on spatial layer ``index``: its output ``z`` -> the temporal blend of ``z``."""
-        z = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-        video = rearrange(z, "(b f) c h w -> b c f h w", f=frames) if self.spatial[index].frames_in_batch else z
-        mixed = self.temporal[index](video, segments)
-        if self.spatial[index].frames_in_batch:
-            mixed = rearrange(mixed, "b c f h w -> (b f) c h w")
-        if isinstance(output, tuple):
-            return (mixed, *output[1:])
-        if hasattr(output, "sample"):
-            return dataclasses.replace(output, sample=mixed) if dataclasses.is_dataclass(output) else type(output)(
-                sample=mixed)
-        return mixed
+        """Forward hook on spatial layer ``index``: its output ``z`` (a tensor, or a tuple whose first item is
+        one, as diffusers' ``Transformer2DModel(..., return_dict=False)`` returns) -> the temporal blend."""
+        z = output[0] if isinstance(output, tuple) else output
+        if self.spatial[index].frames_in_batch:  # [(B F), C, H, W] -> [B, C, F, H, W] and back
+            video = rearrange(z, "(b f) c h w -> b c f h w", f=frames)
+            mixed = rearrange(self.temporal[index](video, segments), "b c f h w -> (b f) c h w")
+        else:
+            mixed = self.temporal[index](z, segments)
+        return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         if z.ndim != 5:
