@@ -158,7 +158,7 @@ def logsnr_to_timestep(logsnr: Tensor, alphas_cumprod: Tensor) -> Tensor:
     to ``[0, N - 1]``. Exact at the table's entries (``lambda_i -> i``). Float64 inside."""
     table = torch.log(alphas_cumprod.double()) - torch.log1p(-alphas_cumprod.double())  # [N], decreasing
     rising = table.flip(0)  # increasing: rising[j] = table[N - 1 - j]
-    x = logsnr.double().clamp(rising[0].item(), rising[-1].item())
+    x = logsnr.double().clamp(rising[0], rising[-1])
     j = torch.searchsorted(rising, x).clamp(1, len(rising) - 1)  # rising[j - 1] <= x <= rising[j]
     lo, hi = rising[j - 1], rising[j]
     frac = (x - lo) / (hi - lo)  # 0 at lo, 1 at hi
