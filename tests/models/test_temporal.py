@@ -122,6 +122,7 @@ def _video_cfg(tmp_path, base, **extra):
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
 
+@pytest.mark.slow
 def test_freezing_is_real_and_checkpoints_refuse_another_base(tmp_path, image_ckpt):
     from kinema.train.loop import Trainer
 
