@@ -8,7 +8,7 @@ identity is exact, see ``kinema.models.temporal.mix_spatial_temporal``). Both ar
 bouncing-shapes temporal-consistency metric (:mod:`kinema.metrics.consistency`: one object, same
 colour and shape in every frame, bounded motion), and so are unseen real clips (the ceiling).
 
-    python benchmarks/video_ldm_alignment.py runs/video_ldm_shapes --num 32 --steps 64
+    python benchmarks/video_ldm_alignment.py runs/video_ldm_shapes --num 32 --steps 64 --out /tmp/ldm_bench
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
+from kinema.data.io import write_video
 from kinema.metrics.consistency import consistency, reference_clips
 from kinema.models.temporal import VideoLDM
 from kinema.pipelines.sample import sample_videos
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=32)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="folder for <model>.png sample grids")
     args = parser.parse_args()
 
     system, ckpt = load_system(args.ckpt, device="cpu")
@@ -61,6 +64,8 @@ def main() -> None:
                "seconds": round(time.time() - start, 1)}
         if name == "aligned":
             row["alphas"] = alphas
+        if args.out is not None:
+            row["png"] = str(write_video(args.out / f"{name}.png", videos))
         print(json.dumps(row), flush=True)
     print(json.dumps({"model": "real_clips", "frames": f, "size": h, **score(reference_clips(args.num, f, h))}))
 
