@@ -51,6 +51,9 @@ def build_model(cfg: KinemaConfig) -> nn.Module:
             raise ValueError(f"the backbone takes text ({section}.text_dim={text_dim}) but model.text.encoder=none; "
                              f"choose model.text.encoder=builtin or transformers (or set {section}.text_dim=0)")
         return net
+    if encoder.dim != text_dim and not hasattr(cfg.model.backbone, "text_dim"):  # e.g. a pretrained image model's
+        raise ValueError(f"the {cfg.model.name} backbone takes {text_dim}-dim text but the {cfg.model.text.encoder} "
+                         f"text encoder gives {encoder.dim}-dim embeddings; use an encoder of width {text_dim}")
     if encoder.dim != text_dim:
         raise ValueError(f"{section}.text_dim={text_dim} but the {cfg.model.text.encoder} text encoder gives "
                          f"{encoder.dim}-dim embeddings; set {section}.text_dim={encoder.dim}")

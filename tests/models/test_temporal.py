@@ -203,3 +203,27 @@ def test_diffusers_unet_runs_forward_and_backward_inside_the_video_model(tmp_pat
         a, b = model(z, logsnr, cond), model(z2, logsnr, cond)
         assert torch.equal(a[:, :, [0, 1, 3]], b[:, :, [0, 1, 3]]), "no information crosses segments"
         assert (a[:, :, 2] - b[:, :, 2]).abs().max() > 1e-4
+
+
+def test_a_diffusers_base_is_a_frozen_part_of_a_text_conditioned_system(tmp_path):
+    pytest.importorskip("diffusers")
+    from kinema import checkpoint as ckpt_io
+    from kinema.system import build_system, named_trainable_parameters
+
+    folder = save_diffusers_unet(tmp_path / "unet", cross_attention_dim=8)
+    cfg = _video_cfg(tmp_path, folder, **{"model.video_ldm.base": "diffusers", "model.video_ldm.head_dim": 4,
+                                          "model.text.encoder": "builtin", "model.text.dim": 8,
+                                          "model.text.heads": 2})
+    system = build_system(cfg)
+    with pytest.raises(ValueError, match="takes 8-dim text but the builtin text encoder gives 16-dim"):
+        build_system(_video_cfg(tmp_path, folder, **{"model.video_ldm.base": "diffusers",
+                                                      "model.text.encoder": "builtin", "model.text.dim": 16}))
+    part = system.manifest()["image_model"]
+    assert part == {"trainable": False, "source": str(folder.resolve()), "sha256": ckpt_io.hash_path(folder)}
+    trained = [name for name, _ in named_trainable_parameters(system.model)]
+    assert {n.split(".")[0] if n.startswith("text_encoder.") else n[:len("net.temporal")] for n in trained} == {
+        "net.temporal", "text_encoder"}  # the temporal layers and the built-in text encoder, never the UNet
+    z, logsnr = _z()
+    text_emb, text_mask = system.encode_text(["a red circle", "a blue square"])
+    out = system.model(z, logsnr, Conditioning(text_emb=text_emb, text_mask=text_mask))
+    assert out.shape == z.shape and torch.isfinite(out).all()
