@@ -426,6 +426,9 @@ class VideoLDM(nn.Module):
         self.cfg = cfg
         if base is None:
             base, source = load_image_base(cfg)
+        if source is None:
+            raise ValueError("VideoLDM: a base given directly needs its source path (the frozen part is recorded by "
+                             "path and sha256)")
         self.source = source
         self.base = base.requires_grad_(False).eval()
         self.spatial = [layer for layer in base.spatial_layers()
