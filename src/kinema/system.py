@@ -59,6 +59,9 @@ def build_model(cfg: KinemaConfig) -> nn.Module:
             raise ValueError(f"the backbone takes text ({section}.text_dim={text_dim}) but model.text.encoder=none; "
                              f"choose model.text.encoder=builtin or transformers (or set {section}.text_dim=0)")
         return net
+    if encoder.dim != text_dim and not hasattr(cfg.model.backbone, "text_dim"):  # e.g. a pretrained image model's
+        raise ValueError(f"the {cfg.model.name} backbone takes {text_dim}-dim text but the {cfg.model.text.encoder} "
+                         f"text encoder gives {encoder.dim}-dim embeddings; use an encoder of width {text_dim}")
     if encoder.dim != text_dim:
         raise ValueError(f"{section}.text_dim={text_dim} but the {cfg.model.text.encoder} text encoder gives "
                          f"{encoder.dim}-dim embeddings; set {section}.text_dim={encoder.dim}")
@@ -341,6 +344,9 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
     elif cfg.model.autoencoder is not None:
         raise ConfigError(f"model.autoencoder={cfg.model.autoencoder} is set but model.space={cfg.model.space}; "
                           f"set model.space=latent (or remove model.autoencoder)")
+    for name, (module, source) in backbone_frozen_parts(model).items():  # e.g. Video LDM's image model
+        parts[name] = Part(module, trainable=False, source=source,
+                           sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
     return System(cfg, parts)
 
 
@@ -360,6 +366,14 @@ def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part
     ae = system.model.requires_grad_(False).eval()
     source = str(ckpt.resolve())
     return Part(ae, trainable=False, source=source, sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
+
+
+def backbone_frozen_parts(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """The frozen pretrained modules a backbone holds inside itself (``frozen_parts()``: name -> (module,
+    local source path); Video LDM's image model), recorded as frozen parts; {} for other backbones."""
+    net = model.net if isinstance(model, TextConditioned) else model
+    declare = getattr(net, "frozen_parts", None)
+    return declare() if callable(declare) else {}
 
 
 def load_system(path: str | Path, *, ema: bool = True, device: str | torch.device = "auto") -> tuple[System, Path]:

@@ -3,17 +3,34 @@ output shapes, a zero-initialized start, joint-training masks that block informa
 dropout that equals the null conditioning, determinism and gradient flow. A new backbone gets
 these checks by registering (DESIGN.md section 3, "Many systems, one core")."""
 
+import atexit
 import dataclasses
+import functools
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 import toy_backbone  # noqa: F401  (registers "toy")
+from ldm_helpers import save_image_model
 from model_helpers import randomize
 from kinema.conditioning import Conditioning, drop_conditioning
 from kinema.models import backbone_entry, backbone_names, backbone_spec, build_backbone
 
 # Autoencoders (kind="autoencoder") do not follow the denoiser contract: tests/models/test_autoencoder.py.
+
+
+@functools.cache
+def tiny_image_model() -> str:
+    """A fresh tiny unet3d image model saved once per session (the base of the video_ldm cases; a value
+    given as a function is resolved when the case builds)."""
+    folder = Path(tempfile.mkdtemp(prefix="kinema-image-model-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(save_image_model(folder))
+
+
 # Small configs per backbone: (name, overrides of its config dataclass). Every registered backbone
 # must appear here (test_every_backbone_is_covered), so a new one cannot skip the contract.
 CASES = [
@@ -30,13 +47,17 @@ CASES = [
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 0, 0), spatial_window=(2, 2),
                   num_classes=3, text_dim=6, adaln_lora_rank=4, qk_norm=False, max_frames=8)),
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8, self_condition=True)),
+    ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4)),
+    ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4, temporal_attention=False,
+                       conv_kernel="3x1x1")),
 ]
 IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "unet3d-mixed-temporal", "toy", "toy-class",
-       "walt", "walt-text-class-lora", "walt-self-condition"]
+       "walt", "walt-text-class-lora", "walt-self-condition", "video_ldm", "video_ldm-conv3x1x1"]
 
 
 def build(name, overrides, seed=0):
     torch.manual_seed(seed)
+    overrides = {k: v() if callable(v) else v for k, v in overrides.items()}
     return build_backbone(name, backbone_entry(name).config_cls(**overrides))
 
 

@@ -163,14 +163,31 @@ def segment_continuity(frame_segments: Tensor) -> Tensor:
     return frame_segments[:, 1:] == frame_segments[:, :-1]
 
 
+def segment_conv3d(x: Tensor, conv: nn.Conv3d, frame_segments: Optional[Tensor]) -> Tensor:
+    """``conv`` (kernel ``(3, k, k)``, padding ``(1, k // 2, k // 2)``) over ``x [B, C, F, H, W]`` in which a
+    neighbouring frame of another ``frame_segments [B, F]`` segment counts as zero padding, as the clip's
+    border does: independent images never mix. The three temporal taps are applied as ``1 x k x k``
+    convolutions to the frame, its masked predecessor and its masked successor."""
+    if conv.kernel_size[0] != 3 or conv.padding[0] != 1:
+        raise ValueError(f"segment_conv3d needs a temporal kernel of 3 with padding 1, got kernel {conv.kernel_size} "
+                         f"and padding {conv.padding}")
+    if frame_segments is None:
+        return conv(x)
+    same = segment_continuity(frame_segments).to(x.dtype)[:, None, :, None, None]  # [B, 1, F-1, 1, 1]
+    prev = F.pad(x[:, :, :-1] * same, (0, 0, 0, 0, 1, 0))  # prev[t] = x[t-1] within a segment, else 0
+    nxt = F.pad(x[:, :, 1:] * same, (0, 0, 0, 0, 0, 1))  # nxt[t] = x[t+1] within a segment, else 0
+    w, pad = conv.weight, (0,) + tuple(conv.padding[1:])  # [Cout, Cin, 3, k, k]
+    return (F.conv3d(prev, w[:, :, :1], padding=pad) + F.conv3d(x, w[:, :, 1:2], conv.bias, padding=pad)
+            + F.conv3d(nxt, w[:, :, 2:], padding=pad))
+
+
 class TemporalConv(ResidualBranch):
     """Residual temporal convolution ``x + out(SiLU(GN(x)))`` with ``out`` a 3x1x1 conv over frames
     (zero-initialized by :func:`zero_init_residual_outputs`). Imagen Video's SR models use it in
     place of temporal attention (Ho et al. 2022, "Imagen Video", section 2.2).
 
     With ``cond.frame_segments`` a neighbour from another segment counts as zero padding (as the
-    clip's border does), so independent images never mix: the three taps are then applied as
-    1x1x1 convolutions to the frame, its masked predecessor and its masked successor.
+    clip's border does), so independent images never mix (:func:`segment_conv3d`).
     ``x [B, C, F, H, W]``.
     """
 
@@ -180,17 +197,7 @@ class TemporalConv(ResidualBranch):
         self.out = nn.Conv3d(channels, channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: Tensor, cond=None) -> Tensor:
-        h = F.silu(self.norm(x))
-        segments: Optional[Tensor] = getattr(cond, "frame_segments", None)
-        if segments is None:
-            return x + self.out(h)
-        same = segment_continuity(segments).to(h.dtype)[:, None, :, None, None]  # [B, 1, F-1, 1, 1]
-        prev = F.pad(h[:, :, :-1] * same, (0, 0, 0, 0, 1, 0))  # prev[t] = h[t-1] if same segment else 0
-        nxt = F.pad(h[:, :, 1:] * same, (0, 0, 0, 0, 0, 1))  # nxt[t] = h[t+1] if same segment else 0
-        w = self.out.weight  # [C, C, 3, 1, 1]
-        y = (F.conv3d(prev, w[:, :, :1]) + F.conv3d(h, w[:, :, 1:2], self.out.bias)
-             + F.conv3d(nxt, w[:, :, 2:]))
-        return x + y
+        return x + segment_conv3d(F.silu(self.norm(x)), self.out, getattr(cond, "frame_segments", None))
 
 
 # ---- resampling ---------------------------------------------------------------------------------
