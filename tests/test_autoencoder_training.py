@@ -83,7 +83,7 @@ def test_objective_and_model_kind_must_match(tmp_path):
         build_objective(load_config(None, ["train.objective=autoencoder"]))
     with pytest.raises(ConfigError, match=r"frames=8 is not 1 \+ 4k: trim to 5 or pad to 9"):
         build_system(load_config(None, ae_overrides(tmp_path, **{"data.num_frames": 8})))
-    with pytest.raises(ConfigError, match="must be one of diffusion, autoencoder"):
+    with pytest.raises(ConfigError, match="must be one of diffusion, distill, autoencoder"):
         load_config(None, ["train.objective=gan"])
     with pytest.raises(ConfigError, match="reconstruction term"):
         load_config(None, ["train.autoencoder.l1_weight=0"])
