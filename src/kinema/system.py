@@ -132,7 +132,7 @@ def build_distillation_objective(cfg: KinemaConfig, hooks: tuple = ()) -> Distil
     return DistillationObjective(build_schedule(cfg), dc.stage, cfg.diffusion.parameterization,
                                  teacher_cfg.diffusion.parameterization, dc.student_steps, cfg.sample.spacing,
                                  dc.w_range if dc.guided else None, takes_guidance_weight(teacher_cfg),
-                                 cfg.diffusion.t_sampling, hooks)
+                                 cfg.diffusion.t_sampling, hooks, noise_prior(cfg.diffusion.frame_noise_corr))
 
 
 def _teacher_path(cfg: KinemaConfig) -> str:

@@ -16,6 +16,8 @@ The prior is part of the forward process, so one prior is used everywhere noise 
 noise, the sampler's initial z and the ancestral noise of DDPM / DDIM (eta > 0) — the posterior
 q(z_s | z_t, x) of a process with noise covariance sigma^2 C has covariance proportional to C too.
 Independent images of joint image-video training (``frame_segments``) get their own shared noise.
+Distillation draws its z_t from the teacher's prior. The conditioning augmentation of an SR stage's
+low-resolution input (diffusion/superres.py) is a separate forward process and stays i.i.d.
 
 A noise prior is a callable ``noise(shape, generator=None, device=None, dtype=None, segments=None)
 -> Tensor`` with ``shape = (B, C, F, H, W)`` (or any shape for the i.i.d. prior).

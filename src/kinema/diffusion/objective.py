@@ -294,7 +294,7 @@ def self_conditioned(net: Net, use: Tensor, parameterization: Parameterization) 
     return net_with_estimate
 
 
-def _segments_for(segments: Optional[Tensor], n: int) -> Optional[Tensor]:
+def segments_for(segments: Optional[Tensor], n: int) -> Optional[Tensor]:
     """Frame segments ``[n, F]`` for a draw of ``n`` items (the global batch when several processes train):
     the local ones when n matches, else the common pattern when every local item has the same one."""
     if segments is None or segments.shape[0] == n:
@@ -343,7 +343,7 @@ class DiffusionObjective:
         t = rng.draw(lambda n: sample_t(n, self.t_sampling, generator=rng.generator, device=x.device))
         segments = getattr(cond, "frame_segments", None)
         noise = rng.draw(lambda n: self.noise((n, *x.shape[1:]), rng.generator, x.device, x.dtype,
-                                              _segments_for(segments, n)))
+                                              segments_for(segments, n)))
         net = parts["model"]
         if self.self_condition > 0:
             net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization)
