@@ -45,3 +45,16 @@ def test_train_resume_sample_on_a_video_folder(tmp_path, capsys):
     assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
     assert main(["sample", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_demo_writes_samples_and_prints_the_consistency_score(tmp_path, capsys):
+    """`kinema demo` end to end at toy size: samples in three formats, and the temporal-consistency
+    line (kinema.metrics.consistency) computed on the samples it wrote."""
+    out = tmp_path / "demo"
+    overrides = [o for o in tiny_overrides(out, **{"train.steps": 2, "sample.steps": 2}) if not o.startswith("train.out_dir")]
+    assert main(["demo", "--out", str(out), "--num", "2", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert all((out / f"samples.{ext}").exists() for ext in ("gif", "mp4", "png"))
+    line = next(x for x in printed.splitlines() if x.startswith("temporal consistency: "))
+    passed, num = line.split()[2].split("/")
+    assert num == "2" and 0 <= int(passed) <= 2 and "colour" in line

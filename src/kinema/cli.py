@@ -253,6 +253,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from kinema.config import load_config
     from kinema.data.io import write_video
+    from kinema.metrics.consistency import consistency
     from kinema.pipelines.sample import sample_videos
     from kinema.system import resolve_device
     from kinema.train.loop import Trainer
@@ -271,6 +272,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     written = [write_video(out / f"samples.{ext}", videos, fps=cfg.sample.fps) for ext in ("gif", "mp4", "png")]
     ckpts = sorted((out / "ckpt").glob("step-*"))
     print(f"trained {summary['final_step']} steps in {summary['seconds'] / 60:.1f} min")
+    score = consistency(videos)
+    print(f"temporal consistency: {round(score['consistency'] * score['num'])}/{score['num']} samples keep one object "
+          f"of one colour and shape moving smoothly (present {score['present']:.0%}, colour {score['color']:.0%}, "
+          f"shape {score['shape']:.0%}, motion {score['motion']:.0%}; kinema.metrics.consistency)")
     for path in written:
         print(f"  samples:    {path}")
     print(f"  loss curve: {out / 'loss.png'}")

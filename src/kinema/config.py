@@ -54,6 +54,7 @@ class DiffusionConfig:
     weighting: Literal["eps", "x", "v", "min_snr"] = "v"  # the loss's weighting, see diffusion/objective.py
     min_snr_gamma: float = 5.0
     t_sampling: Literal["stratified", "uniform"] = "stratified"
+    frame_noise_corr: float = 0.0  # correlation of the noise between frames (PYoCo mixed noise, diffusion/noise.py)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from kinema.config import ConfigError, KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.distill import DistillationObjective
 from kinema.diffusion.guidance import GuidanceDropout
+from kinema.diffusion.noise import NoisePrior, noise_prior
 from kinema.diffusion.objective import SELF_CONDITION_PROB, DiffusionObjective
 from kinema.diffusion.schedule import Schedule, resolution_shift
 from kinema.diffusion.superres import LowResInput, check_sr_config
@@ -102,7 +103,7 @@ def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None
     hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context)) + _sr_hooks(cfg, spec)
     self_condition = SELF_CONDITION_PROB if "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
-                              hooks, self_condition)
+                              hooks, self_condition, noise_prior(d.frame_noise_corr))
 
 
 # ---- distillation ---------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def build_distillation_objective(cfg: KinemaConfig, hooks: tuple = ()) -> Distil
     return DistillationObjective(build_schedule(cfg), dc.stage, cfg.diffusion.parameterization,
                                  teacher_cfg.diffusion.parameterization, dc.student_steps, cfg.sample.spacing,
                                  dc.w_range if dc.guided else None, takes_guidance_weight(teacher_cfg),
-                                 cfg.diffusion.t_sampling, hooks)
+                                 cfg.diffusion.t_sampling, hooks, noise_prior(cfg.diffusion.frame_noise_corr))
 
 
 def _teacher_path(cfg: KinemaConfig) -> str:
@@ -271,6 +272,11 @@ class System:
     def manifest(self) -> dict:
         """The parts section of a checkpoint's manifest (see :mod:`kinema.checkpoint`)."""
         return {name: part.manifest() for name, part in self.parts.items()}
+
+    @property
+    def noise(self) -> NoisePrior:
+        """The forward process's noise prior (``diffusion.frame_noise_corr``; diffusion/noise.py)."""
+        return noise_prior(self.cfg.diffusion.frame_noise_corr)
 
     @property
     def is_context_model(self) -> bool:

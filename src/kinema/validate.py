@@ -114,6 +114,9 @@ def check_train_config(cfg) -> None:
     minutes = _get(cfg, "train.minutes")
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"config key 'train.minutes' must be a finite number > 0 (or null); got {minutes}")
+    corr = _get(cfg, "diffusion.frame_noise_corr")
+    if corr is not None and not 0.0 <= corr < 1.0:
+        raise ConfigError(f"config key 'diffusion.frame_noise_corr' must be in [0, 1); got {corr}")
     lr = _get(cfg, "train.lr")
     if lr is not None and lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be > 0; got {lr}")

@@ -124,3 +124,68 @@ def test_operators():
     torch.testing.assert_close(low[1, 2, 3], resize_frames(x[1:, 2:, 3:], (4, 4))[0, 0, 0])  # frame by frame
     with pytest.raises(ValueError, match="bool mask"):
         frame_selection(torch.ones(4))
+
+
+def test_reconstruction_guidance_correction_is_eq7_with_alpha_not_alpha_squared():
+    """VDM eq. 7 with a linear denoiser that mixes frames, x_hat(z) = L z with L = c I + d (mean over
+    frames), so the gradient is known in closed form: grad_z ||y - A L z||^2 = 2 L^T A^T (A L z - y)
+    = 2 L A (L z - y) (L and the frame mask A are symmetric), and the unknown frames are corrected
+    through the frame mixing. Checked at log-SNR 0 (alpha = 0.707, alpha^2 = 0.5), so a correction
+    scaled by alpha^2 (or sigma, or without the 1/2) fails; the closed-form gradient is also checked
+    against central finite differences of the squared error."""
+    gen = torch.Generator().manual_seed(0)
+    b, ch, f, h, w = 2, 3, 4, 4, 4
+    c, d, w_r = 0.8, 0.5, 3.0
+    z = torch.randn(b, ch, f, h, w, generator=gen, dtype=torch.float64)
+    y = torch.randn(b, ch, f, h, w, generator=gen, dtype=torch.float64)
+    known = torch.zeros(b, f, dtype=torch.bool)
+    known[:, :2] = True
+    A = frame_selection(known)
+    L = lambda zz: c * zz + d * zz.mean(dim=2, keepdim=True)
+
+    def denoise(z_in, logsnr):
+        x = L(z_in)
+        return Prediction(x, torch.zeros_like(x))
+
+    logsnr = torch.zeros(b, dtype=torch.float64)
+    alpha = 0.5 ** 0.5
+    guided = reconstruction_guidance(denoise, y, A, w_r, correct=~known)(z, logsnr)
+    grad = 2 * L(A(L(z) - y))
+    unknown = (~known)[:, None, :, None, None].to(z.dtype)
+    assert grad[:, :, 2:].abs().min() > 0  # the unknown frames do get a correction
+    torch.testing.assert_close(guided.x, L(z) - (w_r * alpha / 2) * grad * unknown)
+    err = lambda zz: (A(y) - A(L(zz))).square().sum()
+    for idx in [(0, 0, 0, 1, 2), (1, 2, 3, 3, 0), (0, 1, 2, 0, 0)]:
+        dz = torch.zeros_like(z)
+        dz[idx] = 1e-6
+        fd = (err(z + dz) - err(z - dz)) / 2e-6
+        torch.testing.assert_close(fd, grad[idx], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(guided.x[:, :, :2], L(z)[:, :, :2])  # eq. 7 corrects x^b only
+
+
+def test_replacement_renoises_the_known_frames_at_every_call():
+    """The replacement method draws z_s^a = alpha_s x^a + sigma_s eps afresh before *every* model call:
+    over many calls at one log-SNR, the known frames the model sees have mean alpha x^a and standard
+    deviation sigma (and differ from call to call); the unknown frames pass through unchanged."""
+    gen = torch.Generator().manual_seed(1)
+    x_a = torch.rand(1, 3, 4, 4, 4, generator=gen) * 2 - 1
+    known = torch.tensor([[True, True, False, False]])
+    seen = []
+
+    def spy(z_in, logsnr):
+        seen.append(z_in.clone())
+        return Prediction(torch.zeros_like(z_in), torch.zeros_like(z_in))
+
+    denoise = replacement(spy, x_a, known, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(1, 3, 4, 4, 4, generator=gen)
+    logsnr = torch.tensor([0.5])
+    alpha, sigma = alpha_sigma(logsnr.double())
+    for _ in range(4000):
+        denoise(z, logsnr)
+    zs = torch.stack(seen)  # [N, 1, 3, 4, 4, 4]
+    za = zs[:, :, :, :2]
+    torch.testing.assert_close(za.mean(0), float(alpha) * x_a[:, :, :2], atol=0.06, rtol=0)
+    std = za.std(0)
+    assert abs(std.mean().item() - float(sigma)) < 0.02, (std.mean().item(), float(sigma))
+    assert std.min().item() > 0.8 * float(sigma)  # every known pixel is re-noised, none kept fixed
+    torch.testing.assert_close(zs[:, :, :, 2:], z[:, :, 2:].expand_as(zs[:, :, :, 2:]))

@@ -31,8 +31,9 @@ from torch import Tensor
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
 from kinema.diffusion.guidance import guided_denoiser
+from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import (BatchRandom, Denoise, Denoiser, Parameterization, Prediction, TrainBatch,
-                                        coefficients, sample_t)
+                                        coefficients, sample_t, segments_for)
 from kinema.diffusion.schedule import Schedule, sampling_grid
 
 Stage = Literal["guided", "progressive"]
@@ -177,6 +178,7 @@ class DistillationObjective:
     teacher_takes_w: bool = False
     t_sampling: str = "stratified"
     hooks: tuple = ()  # conditioning hooks the teacher trained with (e.g. an SR stage's low-res input)
+    noise: NoisePrior = standard_normal  # the teacher's noise prior (diffusion/noise.py)
 
     def __post_init__(self) -> None:
         if self.stage not in ("guided", "progressive"):
@@ -204,8 +206,9 @@ class DistillationObjective:
             w = rng.draw(lambda m: lo + (hi - lo) * torch.rand(m, generator=rng.generator, device=x.device,
                                                              dtype=torch.float64)).to(x.dtype)
         levels = self.levels(x.shape[0], rng, x.device)
-        noise = rng.draw(lambda m: torch.randn((m, *x.shape[1:]), generator=rng.generator, device=x.device,
-                                               dtype=x.dtype))
+        segments = getattr(cond, "frame_segments", None)
+        noise = rng.draw(lambda m: self.noise((m, *x.shape[1:]), rng.generator, x.device, x.dtype,
+                                              segments_for(segments, m)))
         alpha, sigma = coefficients(levels[0], x)
         z = alpha * x + sigma * noise  # [B, C, F, H, W]
         teacher = teacher_denoiser(Denoiser(parts["teacher"], self.teacher_parameterization), cond, w,

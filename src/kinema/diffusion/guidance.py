@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
+from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import Denoise, Prediction, coefficients, eps_from_x
 from kinema.resize import resize_video
 
@@ -181,7 +182,7 @@ def spatial_downsampling(size: tuple[int, int]) -> Operator:
 
 
 def replacement(denoise: Denoise, x_a: Tensor, known: Tensor, *,
-                generator: Optional[torch.Generator] = None) -> Denoise:
+                generator: Optional[torch.Generator] = None, noise: NoisePrior = standard_normal) -> Denoise:
     """The replacement method (VDM, Ho et al. 2022, section 3.1; Song et al. 2021 "score-based
     inpainting"): before every model call the known part of z is overwritten by a fresh
     forward-noised copy of the data, z_s^a = alpha_s x^a + sigma_s eps, eps ~ N(0, I); the model
@@ -190,13 +191,15 @@ def replacement(denoise: Denoise, x_a: Tensor, known: Tensor, *,
     ``x_a [B, C, F, H, W]`` holds the known frames (values on unknown frames are ignored);
     ``known [B, F]`` bool marks them. The returned prediction is x^a itself on the known frames
     (with eps the noise drawn), so z stays a forward-noised copy of x^a there and every sampler's
-    last step onto clean data (log-SNR = +inf) returns the known frames exactly.
+    last step onto clean data (log-SNR = +inf) returns the known frames exactly. eps is drawn from
+    the model's noise prior ``noise`` (diffusion/noise.py) over the whole video, of which the known
+    frames take their part.
     """
     view = _frame_view(known)
 
     def denoise_replaced(z: Tensor, logsnr: Tensor) -> Prediction:
         alpha, sigma = coefficients(logsnr, z)
-        eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        eps = noise(z.shape, generator, z.device, z.dtype)
         x = x_a.to(z)
         z = torch.where(view, alpha * x + sigma * eps, z)  # [B, C, F, H, W]
         pred = denoise(z, logsnr)

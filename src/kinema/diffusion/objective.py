@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from kinema.conditioning import with_self_cond
+from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.schedule import Schedule, alpha_sigma
 
 Parameterization = Literal["eps", "x", "v"]
@@ -293,6 +294,16 @@ def self_conditioned(net: Net, use: Tensor, parameterization: Parameterization) 
     return net_with_estimate
 
 
+def segments_for(segments: Optional[Tensor], n: int) -> Optional[Tensor]:
+    """Frame segments ``[n, F]`` for a draw of ``n`` items (the global batch when several processes train):
+    the local ones when n matches, else the common pattern when every local item has the same one."""
+    if segments is None or segments.shape[0] == n:
+        return segments
+    if not bool((segments == segments[:1]).all()):
+        raise ValueError("frame-correlated noise over several processes needs the same frame_segments for every item")
+    return segments[:1].expand(n, -1)
+
+
 ConditioningHook = Callable[[Tensor, Any, BatchRandom], "tuple[Any, Optional[Tensor]]"]
 
 
@@ -317,6 +328,7 @@ class DiffusionObjective:
     t_sampling: str = "stratified"
     hooks: tuple = ()
     self_condition: float = 0.0
+    noise: NoisePrior = standard_normal  # the forward process's noise prior (diffusion/noise.py)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_condition <= 1.0:
@@ -329,8 +341,9 @@ class DiffusionObjective:
             if weight is not None:
                 frame_weight = weight if frame_weight is None else frame_weight * weight
         t = rng.draw(lambda n: sample_t(n, self.t_sampling, generator=rng.generator, device=x.device))
-        noise = rng.draw(lambda n: torch.randn((n, *x.shape[1:]), generator=rng.generator, device=x.device,
-                                               dtype=x.dtype))
+        segments = getattr(cond, "frame_segments", None)
+        noise = rng.draw(lambda n: self.noise((n, *x.shape[1:]), rng.generator, x.device, x.dtype,
+                                              segments_for(segments, n)))
         net = parts["model"]
         if self.self_condition > 0:
             net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization)

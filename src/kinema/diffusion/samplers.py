@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from kinema.diffusion.objective import Denoise, Prediction
+from kinema.diffusion.noise import NoisePrior, standard_normal
 
 Callback = Optional[Callable[[int, int, Tensor, Tensor], None]]
 
@@ -102,33 +103,36 @@ def ddim_step(pred: Prediction, logsnr_s: float, logsnr_t: float, eta: float = 0
 
 def sample_ddim(denoise: Denoise, z: Tensor, logsnrs, *, eta: float = 0.0,
                 generator: Optional[torch.Generator] = None, callback: Callback = None,
-                thresholding: Optional[str] = None) -> Tensor:
+                thresholding: Optional[str] = None, noise: NoisePrior = standard_normal) -> Tensor:
     """DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12). eta = 0 is the
-    deterministic sampler; eta = 1 is DDPM's ancestral sampler. ``z [B, ...]`` -> ``[B, ...]``."""
+    deterministic sampler; eta = 1 is DDPM's ancestral sampler. ``z [B, ...]`` -> ``[B, ...]``.
+    ``noise`` is the forward process's noise prior (diffusion/noise.py), which the ancestral noise follows."""
     grid = _grid(logsnrs)
     total = len(grid) - 1
     for i in range(total):
         pred = _evaluate(denoise, z, grid[i], thresholding)
-        noise = None
+        fresh = None
         if eta > 0.0 and grid[i + 1] != math.inf:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = ddim_step(pred, grid[i], grid[i + 1], eta, noise)
+            fresh = noise(z.shape, generator, z.device, z.dtype)
+        z = ddim_step(pred, grid[i], grid[i + 1], eta, fresh)
         if callback is not None:
             callback(i, total, z, pred.x)
     return z
 
 
 def sample_ddpm(denoise: Denoise, z: Tensor, logsnrs, *, generator: Optional[torch.Generator] = None,
-                callback: Callback = None, thresholding: Optional[str] = None) -> Tensor:
+                callback: Callback = None, thresholding: Optional[str] = None,
+                noise: NoisePrior = standard_normal) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), on any grid: each step samples the
     posterior q(z_t | z_s, x = x_hat), whose mean and variance (Kingma et al. 2021, eq. 33) are
     exactly DDIM's step with eta = 1 (Song et al. 2021, section 4.1). ``z [B, ...]``."""
     return sample_ddim(denoise, z, logsnrs, eta=1.0, generator=generator, callback=callback,
-                       thresholding=thresholding)
+                       thresholding=thresholding, noise=noise)
 
 
 def sample_dpmpp_2m(denoise: Denoise, z: Tensor, logsnrs, *, generator: Optional[torch.Generator] = None,
-                    callback: Callback = None, thresholding: Optional[str] = None) -> Tensor:
+                    callback: Callback = None, thresholding: Optional[str] = None,
+                    noise: NoisePrior = standard_normal) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data-prediction form.
 
     With h_i = (lambda_i - lambda_{i-1}) / 2 (the paper's lambda is half our log-SNR) and
@@ -136,10 +140,10 @@ def sample_dpmpp_2m(denoise: Denoise, z: Tensor, logsnrs, *, generator: Optional
         D_i = (1 + 1/(2 r_i)) x_hat_{i-1} - 1/(2 r_i) x_hat_{i-2}
         z_i = (sigma_i / sigma_{i-1}) z_{i-1} - alpha_i (exp(-h_i) - 1) D_i.
     The first step and a final step onto clean data (lambda = +inf) are first order (= DDIM),
-    as in the reference implementation's "lower order final". ``generator`` is unused (the solver
-    is deterministic) and kept for the common signature. ``z [B, ...]``.
+    as in the reference implementation's "lower order final". ``generator`` and ``noise`` are unused
+    (the solver is deterministic) and kept for the common signature. ``z [B, ...]``.
     """
-    del generator
+    del generator, noise
     grid = _grid(logsnrs)
     total = len(grid) - 1
     x_prev: Optional[Tensor] = None

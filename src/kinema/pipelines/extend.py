@@ -115,7 +115,7 @@ def conditional_denoiser(system: System, method: str, x_a: Tensor, known: Tensor
             view = known[:, None, :, None, None].to(x_a.dtype)
             denoise = reconstruction_guidance(denoise, x_a * view, frame_selection(known), recon_weight,
                                               correct=~known)
-    return with_amp.track(replacement(denoise, x_a, known, generator=generator))  # (self-conditioning state)
+    return with_amp.track(replacement(denoise, x_a, known, generator=generator, noise=system.noise))  # (self-conditioning state)
 
 
 def extend_video(system: System, video: Tensor, frames: int, *, method: str = "reconstruction",
@@ -156,7 +156,7 @@ def extend_video(system: System, video: Tensor, frames: int, *, method: str = "r
             known[:, :overlap] = True
             denoise = conditional_denoiser(system, method, x_a, known, guidance=guidance, recon_weight=recon_weight,
                                            generator=generator, precision=precision, cond=cond)
-            z = torch.randn(x_a.shape, generator=generator, device=device)
+            z = run.initial(x_a.shape, generator, device)
             sample = run(denoise, z, generator=generator, callback=lambda *a: bar.update(1)).float()
             sample = sample[:, :, :overlap + new]  # [known tail, new frames]; the known part is kept exactly
             out.append(sample[:, :, overlap:].cpu())

@@ -17,6 +17,7 @@ from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, w
 from kinema.config import KinemaConfig
 from kinema.diffusion.distill import with_guidance_weight
 from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guidance_weights, weight_by_logsnr
+from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import Denoise, Denoiser, Prediction
 from kinema.diffusion.samplers import get_sampler
 from kinema.diffusion.schedule import sampling_grid
@@ -34,6 +35,7 @@ class SamplerSettings:
     steps: int
     thresholding: Optional[str]
     extra: dict
+    noise: NoisePrior = standard_normal  # the system's noise prior: initial z and ancestral noise
 
     @classmethod
     def from_system(cls, system: System, *, steps: Optional[int] = None, sampler: Optional[str] = None,
@@ -51,11 +53,15 @@ class SamplerSettings:
         eta = s.eta if eta is None else eta
         threshold = system.space.thresholding(s.thresholding if thresholding == "config" else thresholding)
         return cls(get_sampler(name), sampling_grid(build_schedule(system.cfg), steps, spacing or s.spacing), steps,
-                   threshold, {"eta": eta} if name == "ddim" else {})
+                   threshold, {"eta": eta} if name == "ddim" else {}, system.noise)
+
+    def initial(self, shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
+        """The sampler's starting point: pure noise of ``shape`` drawn from the noise prior."""
+        return self.noise(shape, generator, device)
 
     def __call__(self, denoise, z: torch.Tensor, *, generator=None, callback=None) -> torch.Tensor:
         return self.fn(denoise, z, self.grid, generator=generator, thresholding=self.thresholding,
-                       callback=callback, **self.extra)
+                       callback=callback, noise=self.noise, **self.extra)
 
 
 def check_distilled_steps(system: System, steps: int) -> None:
@@ -281,7 +287,7 @@ def sample_videos(
                unit="step", leave=False)
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
-        z = torch.randn((b, *shape), generator=generator, device=device)
+        z = run.initial((b, *shape), generator, device)
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
         denoise = apply_guidance(system, net, complete_context(system, c, z), weight)
         video = run(net.track(denoise), z, generator=generator, callback=lambda *a: bar.update(1))

@@ -50,7 +50,7 @@ def upsample_video(system: System, lowres: Tensor, *, size: Optional[int] = None
     device = system.device
     generator = torch.Generator(device).manual_seed(seed)
     y = lowres.to(device, torch.float32)
-    z = torch.randn((y.shape[0], *system.space.shape(y.shape[2], size)), generator=generator, device=device)
+    z = run.initial((y.shape[0], *system.space.shape(y.shape[2], size)), generator, device)
     c = complete_context(system, cond.to(device) if cond is not None else None, z)
     net = autocast_denoiser(system, precision)
     guided = reconstruction_guidance(apply_guidance(system, net, c, guidance), y,
