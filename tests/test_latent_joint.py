@@ -10,12 +10,12 @@ from kinema import checkpoint as ckpt_io
 from kinema.cli import main
 from kinema.conditioning import Conditioning
 from kinema.config import load_config
-from kinema.data.joint import frame_segments
+from kinema.data.joint import frame_segments, image_count
 from kinema.data.loader import collate
 from kinema.models.autoencoder import CausalAE, CausalAEConfig, latent_frame_segments
 from kinema.models.walt import WALT, WALTConfig
 from kinema.spaces import LatentSpace, PixelSpace
-from kinema.system import build_system
+from kinema.system import build_model, build_system
 from kinema.train.loop import Trainer
 from test_autoencoder_training import TINY_AE
 from test_latent_space import ae_ckpt, latent_overrides  # noqa: F401  (ae_ckpt: a module fixture)
@@ -135,3 +135,36 @@ def test_kinema_train_walt_jointly_on_latents(ae_ckpt, tmp_path):  # noqa: F811
     assert main(["train", "walt_bouncing_shapes", *overrides]) == 0
     ckpt = ckpt_io.resolve_checkpoint(run)
     assert ckpt.name == "step-00000003" and (ckpt / "model.safetensors").exists()
+
+
+def test_ucf101_presets_build_at_full_size_on_the_meta_device():
+    ae_cfg, walt_cfg = load_config("causal_ae_ucf101"), load_config("walt_ucf101")
+    assert (ae_cfg.data.num_frames, ae_cfg.data.size) == (walt_cfg.data.num_frames, walt_cfg.data.size) == (17, 128)
+    assert ae_cfg.data.dataset == walt_cfg.data.dataset == "folder"
+    with torch.device("meta"):
+        ae, walt = build_model(ae_cfg), build_model(walt_cfg)
+    assert ae.latent_shape(17, 128, 128) == (8, 5, 16, 16) and ae.latent_channels == walt.cfg.in_channels
+    num_images = image_count(17, walt_cfg.data.image_fraction)
+    walt.spec.check_video_shape(5 + num_images, 16, 16)  # a joint latent item fits the windows
+    assert 5 + num_images <= walt.cfg.max_frames
+    assert sum(p.numel() for p in walt.parameters()) > 300e6  # hidden 1024 x 24 blocks
+
+
+def test_walt_ucf101_builds_and_steps_with_tiny_widths(tmp_path):
+    """The presets' shapes (17 x 128^2 -> 5 x 16^2 x 8, joint items of 5 + 4 latent frames) with tiny widths:
+    a fresh autoencoder checkpoint of causal_ae_ucf101, then walt_ucf101's system on it and one joint loss."""
+    tiny_ae = ["model.causal_ae.width=4", "model.causal_ae.num_res_blocks=1", "model.causal_ae.norm_groups=2",
+               "data.dataset=bouncing_shapes", "train.batch_size=1", "data.num_workers=0",
+               f"train.out_dir={tmp_path / 'ae'}", "train.progress=false", "train.tensorboard=false"]
+    ae_ckpt = Trainer(load_config("causal_ae_ucf101", tiny_ae)).save()
+    tiny_walt = ["model.walt.hidden_dim=16", "model.walt.depth=2", "model.walt.heads=2", "model.walt.adaln_lora_rank=4",
+                 f"model.autoencoder={ae_ckpt}", "data.dataset=bouncing_shapes", "train.batch_size=1",
+                 "data.num_workers=0", f"train.out_dir={tmp_path / 'walt'}", "train.progress=false",
+                 "train.tensorboard=false"]
+    trainer = Trainer(load_config("walt_ucf101", tiny_walt))
+    assert trainer.system.space.shape() == (8, 5, 16, 16)
+    seen = []
+    trainer.model.register_forward_hook(lambda m, args, out: seen.append((args[0].shape, args[2].frame_segments)))
+    loss = trainer.loss(collate([trainer.dataset[0]]))
+    assert torch.isfinite(loss)
+    assert seen[-1][0] == (1, 8, 9, 16, 16) and seen[-1][1].tolist() == [[0] * 5 + [1, 2, 3, 4]]
