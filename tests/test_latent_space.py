@@ -86,7 +86,6 @@ def test_shapes_map_pixels_to_latents_and_errors_come_first(ae_ckpt, tmp_path):
                                     "model.walt.in_channels=4"),
     ({"data.num_frames": 8}, r"data.num_frames=8 .* frames=8 is not 1 \+ 4k: trim to 5 or pad to 9"),
     ({"data.size": 12}, "divisible by 2"),
-    ({"data.image_fraction": 0.2}, "does not support joint image-video training yet"),
 ])
 def test_config_errors_before_compute(ae_ckpt, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):

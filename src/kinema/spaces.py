@@ -11,6 +11,12 @@ and wrong for latents, whose range is not [-1, 1]).
 encoder's latents times the autoencoder's scale factor, decode = the decoder of latents / scale,
 and no thresholding (latents do not live in [-1, 1]). Shapes are given in pixels and mapped to
 latents (frames ``1 + tf k -> 1 + k``, sizes ``/ sf``).
+
+Joint image-video items (``frame_segments``: the clip, then K independent images, see
+:mod:`kinema.data.joint`) are encoded segment by segment and their segments mapped with
+:meth:`~LatentSpace.latent_segments` (clip ``1 + tf k`` frames -> ``1 + k`` latent frames, each image ->
+one latent frame), so the trainer stays space-agnostic: ``z = space.encode(x, segments)``,
+``segments = space.latent_segments(segments)``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kinema.models.autoencoder import VideoAutoencoder
+from kinema.data.joint import image_count
+from kinema.models.autoencoder import VideoAutoencoder, latent_frame_segments, segment_runs
 from kinema.models.backbone import BackboneSpec, backbone_entry
 
 THRESHOLDINGS = (None, "static", "dynamic")
@@ -57,10 +64,18 @@ class PixelSpace:
         if channels != self.channels:
             raise ValueError(f"the model takes {self.channels}-channel videos but {what} has {channels} channels")
 
-    def encode(self, video: Tensor) -> Tensor:
-        """Data videos ``[B, C, F, H, W]`` in [-1, 1] -> the model's space (here: unchanged)."""
+    def encode(self, video: Tensor, frame_segments: Optional[Tensor] = None) -> Tensor:
+        """Data videos ``[B, C, F, H, W]`` in [-1, 1] -> the model's space (here: unchanged);
+        ``frame_segments [B, F]`` (joint items), when given, must match the video's frames."""
         self.check_channels(video.shape[1], "the input video")
+        if frame_segments is not None and tuple(frame_segments.shape) != (video.shape[0], video.shape[2]):
+            raise ValueError(f"frame_segments must be [B, F] = {[video.shape[0], video.shape[2]]}, "
+                             f"got {list(frame_segments.shape)}")
         return video
+
+    def latent_segments(self, frame_segments: Optional[Tensor]) -> Optional[Tensor]:
+        """The ``frame_segments`` of the encoded video: pixels are their own space, so unchanged."""
+        return frame_segments
 
     def decode(self, z: Tensor) -> Tensor:
         """Samples -> float32 videos in [-1, 1] (clamped)."""
@@ -98,19 +113,19 @@ class LatentSpace:
         part = (parts or {}).get("autoencoder")
         if part is None:
             raise ValueError("model.space=latent needs an autoencoder part: set model.autoencoder=PATH")
-        if cfg.data.image_fraction > 0:
-            raise ValueError(f"model.space=latent does not support joint image-video training yet "
-                             f"(data.image_fraction={cfg.data.image_fraction}); set data.image_fraction=0")
         latent_channels = part.module.latent_channels
         if spec.in_channels != latent_channels:
             section = backbone_entry(cfg.model.name).section
             raise ValueError(f"model.{section}.in_channels={spec.in_channels} but the autoencoder {cfg.model.autoencoder} "
                              f"gives {latent_channels}-channel latents; set model.{section}.in_channels={latent_channels}")
         try:
-            return cls(part.module, cfg.data.num_frames, cfg.data.size, spec)
+            space = cls(part.module, cfg.data.num_frames, cfg.data.size, spec)
         except ValueError as e:
             raise ValueError(f"data.num_frames={cfg.data.num_frames} / data.size={cfg.data.size} in the latent space of "
                              f"{cfg.model.autoencoder}: {e}") from None
+        if cfg.data.image_fraction > 0:  # joint items: the clip's latent frames, then one per appended image
+            space.check_joint(image_count(cfg.data.num_frames, cfg.data.image_fraction))
+        return space
 
     def shape(self, frames: Optional[int] = None, size: Optional[int] = None) -> tuple[int, int, int, int]:
         """``(C, F', H', W')`` of z for videos of ``frames`` pixel frames of ``size x size`` (default: as
@@ -123,16 +138,42 @@ class LatentSpace:
                                                          f"of {s}x{s} pixels)")
         return c, lf, lh, lw
 
+    def check_joint(self, num_images: int) -> None:
+        """Joint items of the trained clip plus ``num_images`` images (1 latent frame each) must fit the
+        backbone (e.g. W.A.L.T's spatiotemporal window in time): one error naming the counts, before compute."""
+        c, lf, lh, lw = self.shape()
+        if self.spec is not None:
+            try:
+                self.spec.check_video_shape(lf + num_images, lh, lw, what="joint latent item")
+            except ValueError as e:
+                raise ValueError(f"data.image_fraction appends {num_images} images (1 latent frame each) to the "
+                                 f"{lf} latent frames of each {self.frames}-frame clip: {e}") from None
+
     def check_channels(self, channels: int, what: str = "the data") -> None:
         if channels != self.autoencoder.in_channels:
             raise ValueError(f"the autoencoder takes {self.autoencoder.in_channels}-channel videos but {what} has "
                              f"{channels} channels")
 
     @torch.no_grad()
-    def encode(self, video: Tensor) -> Tensor:
-        """Videos ``[B, C, F, H, W]`` in [-1, 1] -> latents ``[B, C', F', H', W']`` times the scale factor."""
+    def encode(self, video: Tensor, frame_segments: Optional[Tensor] = None) -> Tensor:
+        """Videos ``[B, C, F, H, W]`` in [-1, 1] -> latents ``[B, C', F', H', W']`` times the scale factor.
+        With ``frame_segments [B, F]`` (a joint item: the clip, then images) each run of equal ids is
+        encoded on its own and the latents concatenated along time, in the order of
+        :meth:`latent_segments`; every run must be ``1 + tf k`` frames (checked before compute)."""
         self.check_channels(video.shape[1], "the input video")
-        return self.autoencoder.encode(video) * self.autoencoder.scale_factor
+        if frame_segments is None:
+            return self.autoencoder.encode(video) * self.autoencoder.scale_factor
+        self.latent_segments(frame_segments)  # every run fits the autoencoder, or one clear error now
+        runs = segment_runs(frame_segments, video.shape[2])
+        z = torch.cat([self.autoencoder.encode(part) for part in video.split(runs, dim=2)], dim=2)
+        return z * self.autoencoder.scale_factor
+
+    def latent_segments(self, frame_segments: Optional[Tensor]) -> Optional[Tensor]:
+        """Pixel ``frame_segments [B, F]`` -> the latent frames' ``[B, F']``
+        (:func:`~kinema.models.autoencoder.latent_frame_segments`); None stays None."""
+        if frame_segments is None:
+            return None
+        return latent_frame_segments(frame_segments, self.autoencoder.temporal_factor)
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:

@@ -116,6 +116,31 @@ def segment_runs(frame_segments: Optional[Tensor], frames: int) -> list[int]:
     return runs
 
 
+def latent_frame_segments(frame_segments: Tensor, temporal_factor: int) -> Tensor:
+    """Pixel ``frame_segments [B, F]`` -> latent ``frame_segments [B, F']`` for a causal autoencoder of
+    ``temporal_factor`` that encodes each run of equal ids on its own (W.A.L.T, Gupta et al. 2023,
+    section 3.1: the first frame alone, then ``temporal_factor`` frames per latent frame): a run of
+    ``1 + k tf`` frames (a joint item's clip) becomes ``1 + k`` latent frames with its id, an appended
+    1-frame image exactly one latent frame with its own id. Every row must have the same layout (as the
+    encoder needs); a run that is not ``1 + k tf`` frames is an error naming it and what would work.
+
+    ``latent_frame_segments([[0]*9 + [1, 2]], 4) == [[0, 0, 0, 1, 2]]``."""
+    if frame_segments.ndim != 2:
+        raise ValueError(f"frame_segments must be [B, F], got {tuple(frame_segments.shape)}")
+    runs = segment_runs(frame_segments, frame_segments.shape[1])
+    starts = [sum(runs[:i]) for i in range(len(runs))]
+    counts = []
+    for start, n in zip(starts, runs):
+        try:
+            counts.append(latent_frames(n, temporal_factor))
+        except ValueError as e:
+            raise ValueError(f"the segment of frames {start}..{start + n - 1} (id {int(frame_segments[0, start])}) "
+                             f"cannot be encoded on its own: {e}") from None
+    ids = frame_segments[:, starts]  # [B, R]: one id per run
+    repeats = torch.tensor(counts, device=frame_segments.device)
+    return ids.repeat_interleave(repeats, dim=1, output_size=sum(counts))  # [B, F']
+
+
 # ---- posterior --------------------------------------------------------------------------------------
 
 
@@ -432,5 +457,5 @@ def estimate_latent_std(ae: CausalAE, videos: Sequence[Tensor]) -> float:
 
 
 __all__ = ["AutoencoderOutput", "CausalAE", "CausalAEConfig", "CausalConv3d", "VideoAutoencoder",
-           "causal_latent_shape", "depth_to_time", "estimate_latent_std", "kl_divergence", "latent_frames",
-           "latent_size", "posterior_sample", "segment_runs"]
+           "causal_latent_shape", "depth_to_time", "estimate_latent_std", "kl_divergence", "latent_frame_segments",
+           "latent_frames", "latent_size", "posterior_sample", "segment_runs"]
