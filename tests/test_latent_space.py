@@ -88,6 +88,8 @@ def test_shapes_map_pixels_to_latents_and_errors_come_first(ae_ckpt, tmp_path):
     ({"data.num_frames": 8}, r"data.num_frames=8 .* frames=8 is not 1 \+ 4k: trim to 5 or pad to 9"),
     ({"data.size": 12}, "divisible by 2"),
     ({"data.image_fraction": 0.2}, "does not support joint image-video training yet"),
+    ({"model.walt.extra_in_channels": 4, "sr.spatial_factor": 2}, "SR stage .* runs in pixel space for now; "
+                                                                  "got model.space=latent"),
 ])
 def test_config_errors_before_compute(ae_ckpt, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -183,3 +185,20 @@ def test_tiny_walt_memorizes_one_latent_clip_and_samples_it_back(ae_ckpt, tmp_pa
         target = decode(z0)
     assert target.std() > 0.1, "the decoded clip is not flat"
     assert (videos - target).abs().mean() < 0.05, "and decodes to the clip's decoded video"
+
+
+def test_a_latent_base_hands_a_pixel_walt_sr_stage_its_decoded_video(ae_ckpt, tmp_path):
+    from kinema.pipelines.cascade import StageSettings, plan_cascade, run_cascade
+
+    base = build_system(load_config(None, latent_overrides(tmp_path / "base", ae_ckpt)))  # 5 frames of 16^2
+    ssr = build_system(load_config(None, latent_overrides(tmp_path / "ssr", ae_ckpt, **{
+        "model.space": "pixel", "model.autoencoder": "null", "model.walt.in_channels": 3,
+        "model.walt.extra_in_channels": 3, "data.size": 32, "sr.spatial_factor": 2})))
+    plan = plan_cascade([base, ssr])
+    assert plan[0].makes == (3, 5, 16) == plan[1].takes, "the base makes decoded 3-channel pixels, not latents"
+    seen = []
+    ssr.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
+    low, high = run_cascade([base, ssr], 1, keep=True, progress=False,
+                            settings=[StageSettings(steps=2), StageSettings(steps=2, aug=0.0)])
+    assert low.shape == (1, 3, 5, 16, 16) and high.shape == (1, 3, 5, 32, 32)
+    assert torch.equal(seen[0], low), "the SR stage reads the base's decoded output"
