@@ -1,7 +1,7 @@
 """The latent space: a trained autoencoder checkpoint as a frozen part (path + sha256, refused when
 it changes), pixel -> latent shapes with errors before compute, scaled encode / decode round trip
 through the saved checkpoint, no thresholding, and `kinema sample` of a latent model writing
-decoded video."""
+decoded video, and a tiny W.A.L.T that memorises one latent clip and samples it back."""
 
 import json
 import shutil
@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from kinema import checkpoint as ckpt_io
 from kinema.cli import main
+from kinema.conditioning import Conditioning
 from kinema.config import ConfigError, load_config
 from kinema.models.autoencoder import CausalAE
 from kinema.pipelines.sample import sample_videos
@@ -86,6 +87,8 @@ def test_shapes_map_pixels_to_latents_and_errors_come_first(ae_ckpt, tmp_path):
                                     "model.walt.in_channels=4"),
     ({"data.num_frames": 8}, r"data.num_frames=8 .* frames=8 is not 1 \+ 4k: trim to 5 or pad to 9"),
     ({"data.size": 12}, "divisible by 2"),
+    ({"model.walt.extra_in_channels": 4, "sr.spatial_factor": 2}, "SR stage .* runs in pixel space for now; "
+                                                                  "got model.space=latent"),
 ])
 def test_config_errors_before_compute(ae_ckpt, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -138,3 +141,63 @@ def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoe
     save_file(state, str(ae_ckpt / "model.safetensors"))
     with pytest.raises(ValueError, match="frozen part 'autoencoder'.*a different autoencoder"):
         load_system(run)
+
+
+@pytest.mark.slow
+def test_tiny_walt_memorizes_one_latent_clip_and_samples_it_back(ae_ckpt, tmp_path):
+    """Issue 14, "Done when": a tiny W.A.L.T in the latent space of a tiny causal AE memorises one latent
+    clip; sampling from noise gives back the clip's latents and so its decoded video."""
+    from kinema.diffusion.objective import LocalRandom, TrainBatch
+    from kinema.system import build_objective
+
+    cfg = load_config(None, latent_overrides(tmp_path, ae_ckpt, **{"model.walt.hidden_dim": 32}))
+    torch.manual_seed(0)
+    system = build_system(cfg)
+    model, space = system.model, system.space
+    g = torch.Generator().manual_seed(0)
+    clip = (torch.rand(1, 3, 5, 16, 16, generator=g) * 2 - 1).repeat_interleave(2, dim=0)  # one clip, twice
+    with torch.no_grad():
+        z0 = space.encode(clip)  # [2, 4, 2, 4, 4]
+    objective = build_objective(cfg, model.spec)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = LocalRandom(torch.Generator().manual_seed(1), 2)
+    for step in range(600):
+        if step == 400:  # a lower learning rate to settle
+            opt.param_groups[0]["lr"] = 3e-4
+        loss, _ = objective({"model": model}, TrainBatch(z0, Conditioning(), {}), rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    latents = []
+    decode = space.decode
+    space.decode = lambda z: latents.append(z) or decode(z)  # record what the sampler hands the decoder
+    videos = sample_videos(system, 2, steps=16, sampler="ddim", seed=3, progress=False)
+    sampled = latents[0]
+    spread = (z0[0] - z0[0].mean()).pow(2).mean()  # the clip's latent variance
+    with torch.no_grad():
+        other = space.encode(torch.rand(1, 3, 5, 16, 16, generator=g) * 2 - 1)  # another clip's latents
+    error, to_other = (sampled - z0).pow(2).mean(dim=(1, 2, 3, 4)), (sampled - other).pow(2).mean(dim=(1, 2, 3, 4))
+    assert (error < 0.05 * spread).all(), "both samples (different noise) are the memorised latent clip"
+    assert (to_other > 10 * error).all(), "and not just any latent clip"
+    with torch.no_grad():
+        target = decode(z0)
+    assert target.std() > 0.1, "the decoded clip is not flat"
+    assert (videos - target).abs().mean() < 0.05, "and decodes to the clip's decoded video"
+
+
+def test_a_latent_base_hands_a_pixel_walt_sr_stage_its_decoded_video(ae_ckpt, tmp_path):
+    from kinema.pipelines.cascade import StageSettings, plan_cascade, run_cascade
+
+    base = build_system(load_config(None, latent_overrides(tmp_path / "base", ae_ckpt)))  # 5 frames of 16^2
+    ssr = build_system(load_config(None, latent_overrides(tmp_path / "ssr", ae_ckpt, **{
+        "model.space": "pixel", "model.autoencoder": "null", "model.walt.in_channels": 3,
+        "model.walt.extra_in_channels": 3, "data.size": 32, "sr.spatial_factor": 2})))
+    plan = plan_cascade([base, ssr])
+    assert plan[0].makes == (3, 5, 16) == plan[1].takes, "the base makes decoded 3-channel pixels, not latents"
+    seen = []
+    ssr.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
+    low, high = run_cascade([base, ssr], 1, keep=True, progress=False,
+                            settings=[StageSettings(steps=2), StageSettings(steps=2, aug=0.0)])
+    assert low.shape == (1, 3, 5, 16, 16) and high.shape == (1, 3, 5, 32, 32)
+    assert torch.equal(seen[0], low), "the SR stage reads the base's decoded output"

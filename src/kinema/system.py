@@ -334,6 +334,10 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
                               f"autoencoder: {e}") from None
     else:
         check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec)
+        if cfg.sr.is_stage and cfg.model.space != "pixel":  # the cascade hands stages decoded pixels
+            raise ConfigError(f"an SR stage (sr.spatial_factor={cfg.sr.spatial_factor}, sr.temporal_factor="
+                              f"{cfg.sr.temporal_factor}) runs in pixel space for now; got model.space={cfg.model.space} "
+                              f"(a latent base model can still precede a pixel SR stage in a cascade)")
     parts = {MODEL: Part(model, trainable=True)}
     encoder = model.encoder() if isinstance(model, TextConditioned) else None
     if isinstance(encoder, TransformersTextEncoder):

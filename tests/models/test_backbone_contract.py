@@ -47,12 +47,15 @@ CASES = [
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 0, 0), spatial_window=(2, 2),
                   num_classes=3, text_dim=6, adaln_lora_rank=4, qk_norm=False, max_frames=8)),
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8, self_condition=True)),
+    ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8, extra_in_channels=3,
+                  scalar_conditions=("lowres_logsnr",))),
     ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4)),
     ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4, temporal_attention=False,
                        conv_kernel="3x1x1")),
 ]
 IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "unet3d-mixed-temporal", "toy", "toy-class",
-       "walt", "walt-text-class-lora", "walt-self-condition", "video_ldm", "video_ldm-conv3x1x1"]
+       "walt", "walt-text-class-lora", "walt-self-condition",
+       "walt-sr", "video_ldm", "video_ldm-conv3x1x1"]
 
 
 def build(name, overrides, seed=0):
@@ -72,7 +75,9 @@ def inputs(spec, b=2, f=4, seed=0):
         cond.text_mask = torch.tensor([[True] * 3 + [False] * 2] * b)
     if spec.num_classes:
         cond.class_labels = torch.arange(b) % spec.num_classes
-    if spec.extra_in_channels:
+    if spec.extra_in_channels == spec.in_channels:  # an SR stage: a half-size low-resolution video
+        cond.lowres = torch.randn(b, spec.in_channels, f, size // 2, size // 2, generator=g)
+    elif spec.extra_in_channels:
         cond.context = torch.randn(z.shape, generator=g)
         cond.context_mask = torch.zeros(b, f, dtype=torch.bool)
         cond.context_mask[:, 0] = True

@@ -258,3 +258,32 @@ def test_window_attention_is_sdpa_without_a_mask_unless_segments_need_one(monkey
         model(z, torch.zeros(1), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
     # the segment mask is per window (8 windows of 8 tokens), only in the spatiotemporal block
     assert calls == [((4, 2, 16, 8), None), ((8, 2, 8, 8), (8, 1, 8, 8))]
+
+
+def test_sr_stage_reads_the_lowres_video_and_its_augmentation_level():
+    from kinema.diffusion.superres import SRConfig, check_sr_config
+
+    model = randomize(tiny(extra_in_channels=3, scalar_conditions=("lowres_logsnr",)), seed=2).eval()
+    assert {"lowres", "lowres_logsnr"} <= set(model.spec.reads) and model.spec.extra_in_channels == 3
+    assert model.patch_embed.in_channels == 6
+    check_sr_config(SRConfig(spatial_factor=2, aug_max=0.5), 4, 16, model.spec)  # accepted as an SR stage
+    with pytest.raises(ValueError, match="needs a backbone that reads the low-resolution video"):
+        check_sr_config(SRConfig(spatial_factor=2), 4, 16, tiny().spec)
+    z, logsnr = torch.randn(2, 3, 4, 8, 8), torch.tensor([0.0, 1.0])
+    low = torch.randn(2, 3, 4, 4, 4)
+    bumped = low.clone()
+    bumped[0, :, 1, 0, 0] += 1.0  # one low-resolution pixel of item 0
+    with torch.no_grad():
+        a = model(z, logsnr, Conditioning(lowres=low))
+        b = model(z, logsnr, Conditioning(lowres=bumped))
+        c = model(z, logsnr, Conditioning(lowres=low, lowres_logsnr=torch.tensor([-3.0, 20.0])))
+    assert (a[0] - b[0]).abs().max() > 1e-4, "the low-resolution video changes the output"
+    assert torch.equal(a[1], b[1]), "items do not mix"
+    assert (a[0] - c[0]).abs().max() > 1e-4, "the augmentation level changes the output"
+    torch.testing.assert_close(a[1], c[1], rtol=0, atol=1e-5)  # unset = 20, the clean input
+    with pytest.raises(ValueError, match=r"WALT was built with extra_in_channels=3 but cond gives 0"):
+        model(z, logsnr, Conditioning())
+    with pytest.raises(ValueError, match="unknown names.*'fsp'"):
+        WALTConfig(scalar_conditions=("fsp",))
+    with pytest.raises(ValueError, match="extra_in_channels must be >= 0, got -1"):
+        WALTConfig(extra_in_channels=-1)

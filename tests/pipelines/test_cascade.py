@@ -141,3 +141,43 @@ def test_a_text_cascade_guides_the_text_stage_and_passes_its_output_up(tmp_path)
                        settings=[StageSettings(steps=2, guidance=3.0), StageSettings(steps=2, aug=0.0)])
     assert [tuple(o.shape) for o in outs] == [(2, 1, 4, 8, 8), (2, 1, 4, 16, 16)]
     assert torch.equal(seen[0], outs[0]), "the SR stage reads the base's output, unaugmented at t_aug = 0"
+
+
+def train_walt_stage(tmp_path, name, frames, size, spatial=1) -> Path:
+    """A tiny 1-channel W.A.L.T stage trained one step; with ``spatial > 1`` an SR stage that reads
+    the low-resolution video and its augmentation level (the same ``sr:`` keys as a U-Net stage)."""
+    over = {"model.name": "walt", "model.walt.in_channels": 1, "model.walt.hidden_dim": 16, "model.walt.depth": 2,
+            "model.walt.heads": 2, "model.walt.spatiotemporal_window": "[0,0,0]", "model.walt.max_frames": 8,
+            "data.dataset": "moving_digits", "data.num_frames": frames, "data.size": size,
+            "train.out_dir": str(tmp_path / name), "train.batch_size": 1, "train.steps": 1, "train.warmup_steps": 1,
+            "train.ckpt_every": 1, "train.sample_every": 0, "train.progress": False, "train.tensorboard": False,
+            "sample.steps": 2}
+    if spatial > 1:
+        over.update({"model.walt.extra_in_channels": 1, "model.walt.scalar_conditions": "[lowres_logsnr]",
+                     "sr.spatial_factor": spatial, "sr.aug_max": 0.5, "sr.sample_aug": 0.1})
+    cfg = load_config(None, [f"{k}={v}" for k, v in over.items()])
+    Trainer(cfg).fit()
+    return ckpt_io.resolve_checkpoint(Path(cfg.train.out_dir))
+
+
+@pytest.mark.slow
+def test_kinema_cascade_with_a_walt_sr_stage_after_a_unet_or_walt_base(tmp_path, capsys):
+    unet_base = train_stage(tmp_path, "unet_base", 4, 8)
+    walt_base = train_walt_stage(tmp_path, "walt_base", 4, 8)
+    walt_ssr = train_walt_stage(tmp_path, "walt_ssr", 4, 16, spatial=2)
+    system, _ = load_system(walt_ssr, device="cpu")
+    assert system.is_sr_stage and system.cfg.model.name == "walt"
+    for base in (unet_base, walt_base):
+        out = tmp_path / f"{base.parent.name}.png"
+        assert main(["cascade", str(base), str(walt_ssr), "--num", "2", "--stage-steps", "2,2",
+                     "--keep-stages", "--out", str(out)]) == 0
+        assert "cascade of 2 stages wrote 2 videos of (1, 4, 16, 16)" in capsys.readouterr().out
+        assert out.exists() and (tmp_path / f"{base.parent.name}.stage1.png").exists()
+    # the W.A.L.T SR stage reads the low-resolution input: another input, another video
+    randomize(system.model, std=0.05)
+    seen = []
+    system.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
+    low = torch.rand(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    a = sample_videos(system, 2, steps=2, seed=0, cond=lowres_conditioning(system, low, level=0.0), progress=False)
+    b = sample_videos(system, 2, steps=2, seed=0, cond=lowres_conditioning(system, -low, level=0.0), progress=False)
+    assert torch.equal(seen[0], low) and (a - b).abs().max() > 1e-3

@@ -31,6 +31,15 @@ the objective (:func:`kinema.diffusion.objective.self_conditioned`) and the samp
 (:class:`kinema.pipelines.sample.SamplingNet`) supply the estimate. Without the flag a given
 ``cond.self_cond`` is refused.
 
+Super-resolution stages and context frames (the SR path of Imagen Video, ``diffusion/superres.py``,
+one path for every backbone): with ``extra_in_channels > 0`` the patch embedding also takes the channels
+of :func:`~kinema.models.embeddings.conditioning_channels`, exactly as the U-Net's first convolution
+does: ``cond.lowres`` brought to z's frames (repeated) and size (bilinear), or the known
+``cond.context`` frames and their mask. ``scalar_conditions`` (e.g. ``lowres_logsnr``, the level of the
+conditioning augmentation, Ho et al. 2022, section 2.5) are embedded like the noise level and so reach
+every block through AdaLN. The spec declares them in ``reads``, so ``check_sr_config``, the
+``LowResInput`` objective hook and ``kinema cascade`` / ``kinema upsample`` treat W.A.L.T like the U-Net.
+
 Every block starts as the identity (zero-initialized AdaLN gates) and the output layer is
 zero-initialized, so a fresh model outputs exactly 0. Not here: the causal 3D autoencoder and the
 latent space (``models/autoencoder.py``, ``spaces.py``).
@@ -56,7 +65,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kinema.models.backbone import BackboneSpec
 from kinema.models.blocks import sinusoidal_embedding
-from kinema.models.embeddings import ConditioningEmbedding
+from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
 
 @dataclass
@@ -79,18 +88,25 @@ class WALTConfig:
     qk_norm: bool = True
     gradient_checkpointing: bool = False  # activation checkpointing per block (recompute in backward)
     self_condition: bool = False  # take the previous estimate cond.self_cond as C extra input channels
+    extra_in_channels: int = 0  # channels from cond (lowres / context) concatenated to z before patch embedding
+    scalar_conditions: tuple[str, ...] = ()  # embedded cond fields (AdaLN): lowres_logsnr | guidance_weight | fps
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
         self.spatial_window = tuple(self.spatial_window)
         self.spatiotemporal_window = tuple(self.spatiotemporal_window)
+        self.scalar_conditions = tuple(self.scalar_conditions)
+        unknown = sorted(set(self.scalar_conditions) - set(SCALAR_CONDITIONS))
+        if unknown:
+            raise ValueError(f"WALTConfig.scalar_conditions has unknown names {unknown}; valid: "
+                             f"{', '.join(sorted(SCALAR_CONDITIONS))}")
         positive = {"in_channels": self.in_channels, "hidden_dim": self.hidden_dim, "depth": self.depth,
                     "heads": self.heads, "max_frames": self.max_frames}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"WALTConfig.{name} must be >= 1, got {value}")
         for name, value in {"num_classes": self.num_classes, "text_dim": self.text_dim,
-                            "adaln_lora_rank": self.adaln_lora_rank}.items():
+                            "adaln_lora_rank": self.adaln_lora_rank, "extra_in_channels": self.extra_in_channels}.items():
             if value < 0:
                 raise ValueError(f"WALTConfig.{name} must be >= 0, got {value}")
         if self.depth % 2:
@@ -273,10 +289,12 @@ class WALT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        inputs = cfg.in_channels * (2 if cfg.self_condition else 1)  # [z, x_hat] with self-conditioning
+        # [z, x_hat] with self-conditioning, then the extra channels from cond (lowres / context)
+        inputs = cfg.in_channels * (2 if cfg.self_condition else 1) + cfg.extra_in_channels
         self.patch_embed = nn.Conv3d(inputs, d, cfg.patch_size, stride=cfg.patch_size)
         self.temporal_pos = nn.Parameter(torch.randn(cfg.max_frames, d) * 0.02)  # learned, [T_max, D]
-        self.embedding = ConditioningEmbedding(d, d, num_classes=cfg.num_classes, text_dim=cfg.text_dim)
+        self.embedding = ConditioningEmbedding(d, d, num_classes=cfg.num_classes, text_dim=cfg.text_dim,
+                                               scalars=cfg.scalar_conditions)
         self.shared_adaln = nn.Linear(d, 6 * d) if cfg.adaln_lora_rank else None
         self.blocks = nn.ModuleList(WALTBlock(cfg, spatiotemporal=bool(i % 2)) for i in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -285,7 +303,9 @@ class WALT(nn.Module):
         self.zero_init()
 
     def zero_init(self) -> None:
-        """Every block starts as the identity (gates 0) and the output is exactly 0 (DiT / W.A.L.T)."""
+        """Every block starts as the identity (gates 0) and the output is exactly 0 (DiT / W.A.L.T);
+        optional scalar-condition embeddings start as no-ops."""
+        self.embedding.zero_init()
         for block in self.blocks:
             last = block.adaln if isinstance(block.adaln, nn.Linear) else block.adaln[-1]
             nn.init.zeros_(last.weight)
@@ -307,8 +327,10 @@ class WALT(nn.Module):
         mult_h = ph * math.lcm(cfg.spatial_window[0] or 1, sth or 1)
         mult_w = pw * math.lcm(cfg.spatial_window[1] or 1, stw or 1)
         reads = (["frame_segments"] + (["text"] if cfg.text_dim else []) + (["class_labels"] if cfg.num_classes else [])
-                 + (["self_cond"] if cfg.self_condition else []))
+                 + (["self_cond"] if cfg.self_condition else []) + (["lowres", "context"] if cfg.extra_in_channels else [])
+                 + list(cfg.scalar_conditions))
         return BackboneSpec(in_channels=cfg.in_channels, out_channels=cfg.in_channels, text_dim=cfg.text_dim,
+                            extra_in_channels=cfg.extra_in_channels,
                             num_classes=cfg.num_classes, size_multiple=math.lcm(mult_h, mult_w),
                             frame_multiple=pt * (st or 1), min_frames=pt * (st or 1), reads=tuple(reads))
 
@@ -338,6 +360,9 @@ class WALT(nn.Module):
             raise ValueError(f"WALT has temporal position embeddings for {cfg.max_frames} token frames "
                              f"(model.walt.max_frames); z has {f} frames = {T} token frames")
         z_in = self.with_estimate(z, getattr(cond, "self_cond", None))  # [B, C or 2C, F, H, W]
+        extra = conditioning_channels(z, cond, cfg.extra_in_channels, "WALT")  # [B, extra, F, H, W] or None
+        if extra is not None:
+            z_in = torch.cat([z_in, extra], dim=1)
         segments = getattr(cond, "frame_segments", None)
         if segments is not None:
             if pt > 1 and segments.device.type == "cpu":  # (no host sync on GPU, like ClassEmbedding)

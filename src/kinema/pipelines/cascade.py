@@ -46,9 +46,16 @@ class StageShape:
     @staticmethod
     def of(system: System, name: str) -> "StageShape":
         d, sr = system.cfg.data, system.cfg.sr
-        makes = (system.space.channels, d.num_frames, d.size)
+        makes = (output_channels(system), d.num_frames, d.size)
         takes = (makes[0], *sr.input_shape(d.num_frames, d.size)) if system.is_sr_stage else None
         return StageShape(name, takes, makes)
+
+
+def output_channels(system: System) -> int:
+    """Channels of the videos a stage outputs: its pixels, decoded by the autoencoder of a latent space
+    (a latent base hands the next stage decoded video, not latents)."""
+    autoencoder = getattr(system.space, "autoencoder", None)
+    return system.space.channels if autoencoder is None else autoencoder.in_channels
 
 
 def _describe(shape: tuple[int, int, int]) -> str:
@@ -157,5 +164,5 @@ def stage_names(paths: Sequence[str | Path]) -> list[str]:
     return [f"stage {i + 1} ({p})" for i, p in enumerate(paths)]
 
 
-__all__ = ["StageSettings", "StageShape", "check_prompts", "check_stage_settings", "parse_stage_list", "plan_cascade", "run_cascade",
-           "stage_names"]
+__all__ = ["StageSettings", "StageShape", "check_prompts", "check_stage_settings", "output_channels", "parse_stage_list",
+           "plan_cascade", "run_cascade", "stage_names"]
