@@ -48,8 +48,8 @@ def test_train_resume_sample_on_a_video_folder(tmp_path, capsys):
 
 
 def test_demo_writes_samples_and_prints_the_consistency_score(tmp_path, capsys):
-    """`kinema demo` end to end at toy size: samples in three formats, and the temporal-consistency
-    line (kinema.metrics.consistency) computed on the samples it wrote."""
+    """`kinema demo` end to end at toy size: a text-to-video model (demo_text), samples in three formats
+    with their prompts listed, and the temporal-consistency line (kinema.metrics.consistency)."""
     out = tmp_path / "demo"
     overrides = [o for o in tiny_overrides(out, **{"train.steps": 2, "sample.steps": 2}) if not o.startswith("train.out_dir")]
     assert main(["demo", "--out", str(out), "--num", "2", *overrides]) == 0
@@ -58,3 +58,4 @@ def test_demo_writes_samples_and_prints_the_consistency_score(tmp_path, capsys):
     line = next(x for x in printed.splitlines() if x.startswith("temporal consistency: "))
     passed, num = line.split()[2].split("/")
     assert num == "2" and 0 <= int(passed) <= 2 and "colour" in line
+    assert "  row 1: a red circle moving left" in printed and "  row 2: a blue square moving up" in printed  # text-to-video

@@ -248,13 +248,19 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+# The demo's prompts, one per sample row (cycled): every colour, shape and direction of the data.
+DEMO_PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
+                "a yellow circle moving down", "a magenta square moving right", "a cyan triangle moving left",
+                "a white circle moving up", "a red square moving down"]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kinema.config import load_config
     from kinema.data.io import write_video
     from kinema.metrics.consistency import consistency
-    from kinema.pipelines.sample import sample_videos
+    from kinema.pipelines.sample import make_conditioning, sample_videos
     from kinema.system import resolve_device
     from kinema.train.loop import Trainer
 
@@ -263,12 +269,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     video_out_path(str(out / "samples.mp4"))
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
-    cfg = load_config("demo", overrides + list(args.overrides))
-    print(f"kinema demo: training a small video diffusion model on bouncing shapes for up to "
+    cfg = load_config("demo_text", overrides + list(args.overrides))
+    print(f"kinema demo: training a small text-to-video diffusion model on bouncing shapes for up to "
           f"{args.minutes} min ({cfg.train.steps} steps max) on {resolve_device(cfg.train.device)}...")
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     summary = trainer.fit()
-    videos = sample_videos(trainer.ema_system(), args.num, seed=0)
+    system = trainer.ema_system()
+    prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)] if system.spec.text_dim else None
+    cond = make_conditioning(system, args.num, prompts=prompts) if prompts else None
+    videos = sample_videos(system, args.num, seed=0, cond=cond)
     written = [write_video(out / f"samples.{ext}", videos, fps=cfg.sample.fps) for ext in ("gif", "mp4", "png")]
     ckpts = sorted((out / "ckpt").glob("step-*"))
     print(f"trained {summary['final_step']} steps in {summary['seconds'] / 60:.1f} min")
@@ -276,6 +285,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"temporal consistency: {round(score['consistency'] * score['num'])}/{score['num']} samples keep one object "
           f"of one colour and shape moving smoothly (present {score['present']:.0%}, colour {score['color']:.0%}, "
           f"shape {score['shape']:.0%}, motion {score['motion']:.0%}; kinema.metrics.consistency)")
+    for i, prompt in enumerate(prompts or []):
+        print(f"  row {i + 1}: {prompt}")
     for path in written:
         print(f"  samples:    {path}")
     print(f"  loss curve: {out / 'loss.png'}")
