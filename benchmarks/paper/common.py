@@ -43,8 +43,10 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def size_of(args) -> dict:
-    s = dict(SIZES["smoke" if args.smoke else "full"])
+def size_of(args, sizes: Optional[dict] = None) -> dict:
+    """The size table's entry for ``--smoke`` / full (``sizes``: default this module's SIZES) with
+    ``--steps`` / ``--num`` applied."""
+    s = dict((sizes or SIZES)["smoke" if args.smoke else "full"])
     s["steps"] = args.steps or s["steps"]
     s["num"] = args.num or s["num"]
     return s

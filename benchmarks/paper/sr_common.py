@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+import common
 
 from kinema.config import load_config
 from kinema.data.synthetic import BouncingShapes
@@ -34,10 +35,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def size_of(args) -> dict:
-    s = dict(SIZES["smoke" if args.smoke else "full"])
-    s["steps"] = args.steps or s["steps"]
-    s["num"] = args.num or s["num"]
-    return s
+    return common.size_of(args, SIZES)
 
 
 def train_ssr(args, name: str, parameterization: str = "v", aug_max: float = 0.0):
