@@ -130,11 +130,14 @@ def drop_conditioning(cond: Optional[Conditioning], drop: Optional[Tensor] = Non
     return out
 
 
+def with_fields(cond: Optional[Conditioning], **fields) -> Conditioning:
+    """A copy of ``cond`` (or an empty Conditioning) with ``fields`` set; ``cond`` is unchanged."""
+    return dataclasses.replace(cond, **fields) if cond is not None else Conditioning(**fields)
+
+
 def with_self_cond(cond: Optional[Conditioning], x_hat: Optional[Tensor]) -> Conditioning:
     """``cond`` (or an empty Conditioning) with ``self_cond = x_hat`` (a copy; ``cond`` is unchanged)."""
-    out = dataclasses.replace(cond) if cond is not None else Conditioning()
-    out.self_cond = x_hat
-    return out
+    return with_fields(cond, self_cond=x_hat)
 
 
 def with_context(cond: Optional[Conditioning], frames: Tensor, known: Tensor) -> Conditioning:
@@ -144,7 +147,4 @@ def with_context(cond: Optional[Conditioning], frames: Tensor, known: Tensor) ->
     if known.dtype != torch.bool or known.shape != (frames.shape[0], frames.shape[2]):
         raise ValueError(f"context mask must be bool [B, F] = {[frames.shape[0], frames.shape[2]]}, got "
                          f"{known.dtype} of shape {tuple(known.shape)}")
-    out = dataclasses.replace(cond) if cond is not None else Conditioning()
-    out.context = frames * known[:, None, :, None, None].to(frames.dtype)
-    out.context_mask = known
-    return out
+    return with_fields(cond, context=frames * known[:, None, :, None, None].to(frames.dtype), context_mask=known)

@@ -21,7 +21,6 @@ Shapes: ``z, x [B, C, F, H, W]``; ``logsnr [B]`` float64 (``+inf`` = clean data)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Optional
@@ -29,7 +28,7 @@ from typing import Callable, Literal, Mapping, Optional
 import torch
 from torch import Tensor
 
-from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning
+from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_fields
 from kinema.diffusion.guidance import guided_denoiser
 from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import (BatchRandom, Denoise, Denoiser, Parameterization, Prediction, TrainBatch,
@@ -130,9 +129,7 @@ def distillation_loss(x_student: Tensor, x_target: Tensor, logsnr: Tensor) -> Te
 
 def with_guidance_weight(cond: Optional[Conditioning], w: Tensor) -> Conditioning:
     """``cond`` (or an empty Conditioning) with ``guidance_weight = w [B]``: the input of a guided student."""
-    out = dataclasses.replace(cond) if cond is not None else Conditioning()
-    out.guidance_weight = w
-    return out
+    return with_fields(cond, guidance_weight=w)
 
 
 def teacher_denoiser(teacher: Callable[..., Prediction], cond: Optional[Conditioning], w: Optional[Tensor],

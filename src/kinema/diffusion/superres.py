@@ -24,14 +24,13 @@ Backbone-agnostic: the hook :class:`LowResInput` reads only the backbone's ``Bac
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from kinema.conditioning import Conditioning
+from kinema.conditioning import with_fields
 from kinema.diffusion.objective import coefficients
 from kinema.diffusion.schedule import Schedule
 from kinema.resize import resize_video
@@ -119,10 +118,7 @@ def augment_lowres(lowres: Tensor, t_aug: Tensor, schedule: Schedule,
 def with_lowres(cond, lowres: Tensor, logsnr: Optional[Tensor]):
     """``cond`` (or an empty Conditioning) with the low-resolution input and, when given, its
     augmentation log-SNR ``[B]`` (set it only for backbones that read ``lowres_logsnr``)."""
-    out = dataclasses.replace(cond) if cond is not None else Conditioning()
-    out.lowres = lowres
-    out.lowres_logsnr = logsnr.to(lowres.dtype) if logsnr is not None else None
-    return out
+    return with_fields(cond, lowres=lowres, lowres_logsnr=logsnr.to(lowres.dtype) if logsnr is not None else None)
 
 
 class LowResInput:

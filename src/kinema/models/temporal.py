@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from kinema.conditioning import Conditioning
+from kinema.conditioning import with_fields
 from kinema.models.attention import SpatialAttention, _SelfAttention, _stride0_bias, frame_attention_bias
 from kinema.models.backbone import BackboneSpec
 from kinema.models.blocks import (ResBlock, ResidualBranch, group_norm, segment_conv3d, sinusoidal_embedding,
@@ -282,8 +282,7 @@ class KinemaImageBase(nn.Module):
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         b, _, f = z.shape[:3]
         images = torch.arange(f, device=z.device).expand(b, f)  # [B, F]: every frame its own segment
-        cond = dataclasses.replace(cond, frame_segments=images) if cond is not None else Conditioning(
-            frame_segments=images)
+        cond = with_fields(cond, frame_segments=images)
         return self.net(z, logsnr, cond)
 
 
