@@ -109,8 +109,16 @@ def _recon_weight(args: argparse.Namespace, reconstruction: bool) -> Optional[fl
     return weight
 
 
-def _cmd_extend(args: argparse.Namespace) -> int:
+def _write_finite(args: argparse.Namespace, system, ckpt, video, what: str):
+    """``video`` written to ``--out`` at ``--fps`` (default: the model's) once it is checked finite."""
     from kinema.data.io import write_video
+
+    with _naming_checkpoint(ckpt):
+        _require_finite(video, what)
+    return write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+
+
+def _cmd_extend(args: argparse.Namespace) -> int:
     from kinema.pipelines.extend import extend_video, read_clip, require_framewise
     from kinema.system import load_system
 
@@ -122,16 +130,13 @@ def _cmd_extend(args: argparse.Namespace) -> int:
     video = extend_video(system, clip, args.frames, method=method, overlap=args.overlap, window=args.window,
                          guidance=args.guidance, recon_weight=recon, cond=_conditioning(system, clip.shape[0], args),
                          steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
-    with _naming_checkpoint(ckpt):
-        _require_finite(video, "the extended video's frames")
-    out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+    out = _write_finite(args, system, ckpt, video, "the extended video's frames")
     print(f"extended {args.input} from {clip.shape[2]} to {video.shape[2]} frames ({method}){_labels_text(args)} "
           f"with {ckpt}; wrote {out}")
     return 0
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
-    from kinema.data.io import write_video
     from kinema.pipelines.extend import read_clip
     from kinema.pipelines.interpolate import interpolate_video, interpolation_factor
     from kinema.system import load_system
@@ -141,9 +146,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     clip = read_clip(args.input, system.space.video_channels, args.size or system.space.size, args.max_frames)
     video = interpolate_video(system, clip, guidance=args.guidance, cond=_conditioning(system, clip.shape[0], args),
                               steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
-    with _naming_checkpoint(ckpt):
-        _require_finite(video, "the interpolated video's frames")
-    out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+    out = _write_finite(args, system, ckpt, video, "the interpolated video's frames")
     print(f"interpolated {args.input} from {clip.shape[2]} to {video.shape[2]} frames{_labels_text(args)} with "
           f"{ckpt}; wrote {out}")
     return 0
@@ -415,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["reconstruction", "replacement", "context"], default=None,
                    help="context for context-conditioned models, else reconstruction (default)")
     p.add_argument("--overlap", type=positive_int, default=None,
-                   help="known frames per window (default: half the window)")
+                   help="known frames per window (default: half the window; a prediction model: at most its "
+                        "train.context.max_frames)")
     p.add_argument("--window", type=int_at_least(2), default=None, help="frames per window (default: the training length)")
     _add_conditioning_args(p)  # for the context method --guidance also guides over the known frames
     _add_recon_weight(p, 5.0)

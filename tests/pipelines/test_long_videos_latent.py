@@ -159,6 +159,8 @@ def test_extend_a_latent_model_keeps_the_encoded_input(latent_prediction):
     reconstruction = system.space.decode(system.space.encode(clip))
     torch.testing.assert_close(out[:, :, :3], reconstruction, rtol=0, atol=1e-6)
     assert (out[:, :, 3:] - reconstruction[:, :, -1:]).abs().max() > 1e-3  # new frames, not copies
+    seen.clear()  # a 6-frame window: the default overlap is min(6 // 2, max_frames = 2) = 2 -> 2 windows
+    assert extend_video(system, clip, 9, window=6, steps=1, progress=False).shape[2] == 9 and seen == [6, 6]
 
 
 def test_extend_cli_on_a_latent_model(latent_prediction, tmp_path):

@@ -175,7 +175,7 @@ def extend_video(system: System, video: Tensor, frames: int, *, method: str = "r
     """Extend ``video [B, C, F0, H, W]`` (or ``[C, F0, H, W]``) in [-1, 1] to exactly ``frames`` frames.
 
     ``window`` frames per model call (default: the training length), the last ``overlap`` of them
-    known (default: half the window); a shorter last window is sampled at full length and cut.
+    known (default: half the window; for ``context`` at most ``train.context.max_frames``); a shorter last window is sampled at full length and cut.
     ``cond`` (``[B, ...]``, e.g. from ``make_conditioning``) conditions every window, with
     classifier-free weight ``guidance`` (default ``sample.guidance``); ``recon_weight`` is w_r
     (default :data:`DEFAULT_RECON_WEIGHT`). Returns float32 ``[B, C, frames, H, W]`` on CPU whose
@@ -186,7 +186,9 @@ def extend_video(system: System, video: Tensor, frames: int, *, method: str = "r
     require_framewise(system, "extend")
     video = as_batch(video, system, "video")
     window = window or system.space.frames
-    overlap = overlap or window // 2
+    if overlap is None:  # half the window, at most what a prediction model was trained with
+        most = system.cfg.train.context.max_frames
+        overlap = min(window // 2, most) if method == "context" and most else window // 2
     plan = window_plan(video.shape[2], frames, window, overlap)
     guidance = system.cfg.sample.guidance if guidance is None else guidance
     recon_weight = DEFAULT_RECON_WEIGHT if recon_weight is None else recon_weight
