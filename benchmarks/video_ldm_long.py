@@ -62,7 +62,7 @@ def predict(args) -> None:
     system, ckpt = load_system(args.predict, device="cpu")
     train_frames = system.cfg.data.num_frames
     real = reference_clips(args.num, args.have, system.cfg.data.size)
-    for method in ("context", "reconstruction"):
+    for method in args.methods:
         start = time.time()
         videos = torch.cat([extend_video(system, real[i:i + args.batch], args.frames, method=method,
                                          overlap=args.overlap, guidance=args.guidance if method == "context" else 0.0,
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24, help="length of the extended videos")
     parser.add_argument("--overlap", type=int, default=2)
     parser.add_argument("--keys", type=int, default=5, help="key frames given to the interpolation model")
+    parser.add_argument("--methods", nargs="+", choices=["context", "reconstruction"],
+                        default=["context", "reconstruction"], help="extension methods to compare")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free weight over the context")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

@@ -70,7 +70,7 @@ def check_context_config(cfg: ContextConfig, num_frames: int, in_channels: int, 
     if cfg.max_frames >= num_frames:
         raise ValueError(f"train.context.max_frames={cfg.max_frames} must be below {frames_name}={num_frames} "
                          f"(at least one frame has to be generated)")
-    if cfg.key_every and (num_frames - 1) % cfg.key_every or num_frames <= cfg.key_every:
+    if cfg.key_every and ((num_frames - 1) % cfg.key_every or num_frames <= cfg.key_every):
         k, n = cfg.key_every, num_frames
         raise ValueError(f"train.context.key_every={k} needs {frames_name} = 1 + {k} m (m >= 1, key frames at both "
                          f"ends), got {n}; use {max(1, (n - 1) // k) * k + 1} or {(max(1, (n - 1) // k) + 1) * k + 1}")
