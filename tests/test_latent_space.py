@@ -129,7 +129,7 @@ def test_latent_model_trains_samples_decoded_video_and_refuses_a_different_autoe
     assert out.stat().st_size > 0
     capsys.readouterr()
     assert main(["extend", str(run), "--input", str(out), "--frames", "13", "--out", str(tmp_path / "l.gif")]) != 0
-    assert "extend works on pixel-space models only for now" in capsys.readouterr().err
+    assert "extend needs a model in pixels or on a frame-wise autoencoder (temporal_factor 1)" in capsys.readouterr().err
     # the autoencoder's run goes on training: the latent model still loads the checkpoint it was trained with
     newer = Path(shutil.copytree(ae_ckpt, ae_ckpt.with_name("step-00000099")))
     state = load_file(newer / "model.safetensors")

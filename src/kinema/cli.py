@@ -109,24 +109,46 @@ def _recon_weight(args: argparse.Namespace, reconstruction: bool) -> Optional[fl
     return weight
 
 
-def _cmd_extend(args: argparse.Namespace) -> int:
+def _write_finite(args: argparse.Namespace, system, ckpt, video, what: str):
+    """``video`` written to ``--out`` at ``--fps`` (default: the model's) once it is checked finite."""
     from kinema.data.io import write_video
-    from kinema.pipelines.extend import extend_video, read_clip, require_pixel_space
+
+    with _naming_checkpoint(ckpt):
+        _require_finite(video, what)
+    return write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+
+
+def _cmd_extend(args: argparse.Namespace) -> int:
+    from kinema.pipelines.extend import extend_video, read_clip, require_framewise
     from kinema.system import load_system
 
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
-    require_pixel_space(system, "extend")
+    require_framewise(system, "extend")
     method = args.method or ("context" if system.is_context_model else "reconstruction")
     recon = _recon_weight(args, method == "reconstruction")
-    clip = read_clip(args.input, system.space.channels, args.size or system.space.size)
+    clip = read_clip(args.input, system.space.video_channels, args.size or system.space.size)
     video = extend_video(system, clip, args.frames, method=method, overlap=args.overlap, window=args.window,
                          guidance=args.guidance, recon_weight=recon, cond=_conditioning(system, clip.shape[0], args),
                          steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
-    with _naming_checkpoint(ckpt):
-        _require_finite(video, "the extended video's frames")
-    out = write_video(args.out, video, fps=args.fps or system.cfg.sample.fps)
+    out = _write_finite(args, system, ckpt, video, "the extended video's frames")
     print(f"extended {args.input} from {clip.shape[2]} to {video.shape[2]} frames ({method}){_labels_text(args)} "
           f"with {ckpt}; wrote {out}")
+    return 0
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from kinema.pipelines.extend import read_clip
+    from kinema.pipelines.interpolate import interpolate_video, interpolation_factor
+    from kinema.system import load_system
+
+    system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
+    interpolation_factor(system)  # refuse a model not trained for interpolation before reading anything
+    clip = read_clip(args.input, system.space.video_channels, args.size or system.space.size, args.max_frames)
+    video = interpolate_video(system, clip, guidance=args.guidance, cond=_conditioning(system, clip.shape[0], args),
+                              steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
+    out = _write_finite(args, system, ckpt, video, "the interpolated video's frames")
+    print(f"interpolated {args.input} from {clip.shape[2]} to {video.shape[2]} frames{_labels_text(args)} with "
+          f"{ckpt}; wrote {out}")
     return 0
 
 
@@ -396,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["reconstruction", "replacement", "context"], default=None,
                    help="context for context-conditioned models, else reconstruction (default)")
     p.add_argument("--overlap", type=positive_int, default=None,
-                   help="known frames per window (default: half the window)")
+                   help="known frames per window (default: half the window; a prediction model: at most its "
+                        "train.context.max_frames)")
     p.add_argument("--window", type=int_at_least(2), default=None, help="frames per window (default: the training length)")
     _add_conditioning_args(p)  # for the context method --guidance also guides over the known frames
     _add_recon_weight(p, 5.0)
@@ -405,6 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)
     p.set_defaults(func=_cmd_extend)
+
+    p = _checkpoint_command(sub, "interpolate", "raise the frame rate: k - 1 new frames between each pair of input "
+                                                "frames, T -> 1 + k (T - 1) (Video LDM section 3.2)")
+    p.add_argument("--input", required=True, help="the video whose frames are the key frames")
+    _add_conditioning_args(p)  # --guidance also guides over the key frames
+    p.add_argument("--size", type=positive_int, default=None, help="resize the input to this size (default: as trained)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="use only the first frames of the input")
+    p.add_argument("--out", type=video_out_path, default="smoother.mp4",
+                   help="output file: .mp4, .gif or .png (grid of frames)")
+    _add_sampling_args(p)
+    p.set_defaults(func=_cmd_interpolate)
 
     p = _checkpoint_command(sub, "upsample", "super-resolve a low-resolution video with an unconditional model (VDM eq. 8)")
     p.add_argument("--input", required=True, help="the low-resolution video")

@@ -38,11 +38,13 @@ class PixelSpace:
     identity up to checks and clamping; samples may be thresholded (static or dynamic)."""
 
     name = "pixel"
+    temporal_factor = 1  # pixel frame i is frame i of z
 
     def __init__(self, channels: int, frames: int, size: int, spec: Optional[BackboneSpec] = None) -> None:
         if min(channels, frames, size) < 1:
             raise ValueError(f"pixel space needs positive channels / frames / size, got {channels} / {frames} / {size}")
         self.channels, self.frames, self.size, self.spec = channels, frames, size, spec
+        self.video_channels = channels  # channels of the videos read and written at the edges
 
     @classmethod
     def from_config(cls, cfg, spec: BackboneSpec, parts=None) -> "PixelSpace":
@@ -102,6 +104,8 @@ class LatentSpace:
             raise TypeError(f"a latent space needs a VideoAutoencoder, got {type(autoencoder).__name__}")
         self.autoencoder, self.frames, self.size, self.spec = autoencoder, frames, size, spec
         self.channels = autoencoder.latent_channels
+        self.video_channels = autoencoder.in_channels  # channels of the videos read and written at the edges
+        self.temporal_factor = autoencoder.temporal_factor  # 1: latent frame i is pixel frame i
         if spec is not None and spec.in_channels != self.channels:
             raise ValueError(f"the backbone takes {spec.in_channels}-channel inputs but the autoencoder's latents have "
                              f"{self.channels} channels")

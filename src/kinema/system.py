@@ -280,8 +280,8 @@ class System:
 
     @property
     def is_context_model(self) -> bool:
-        """Trained with context frames (``train.context.max_frames > 0``)?"""
-        return self.cfg.train.context.max_frames > 0
+        """Trained with context frames (``train.context.max_frames > 0`` or ``key_every > 0``)?"""
+        return self.cfg.train.context.enabled
 
     @property
     def is_sr_stage(self) -> bool:
@@ -324,7 +324,8 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
     student's weights are initialized."""
     model = build_model(cfg)
     spec = backbone_spec(model)
-    check_context_config(cfg.train.context, cfg.data.num_frames, spec.in_channels, spec.extra_in_channels)
+    if cfg.model.space == "pixel":  # a latent model's frames are known once its autoencoder is loaded (below)
+        check_context_config(cfg.train.context, cfg.data.num_frames, spec.in_channels, spec.extra_in_channels)
     check_objective(cfg)
     if isinstance(model, VideoAutoencoder):  # its data: 1 + k * temporal_factor frames, sizes divisible
         try:
@@ -357,7 +358,11 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
     for name, (module, source) in backbone_frozen_parts(model).items():  # e.g. Video LDM's image model
         parts[name] = Part(module, trainable=False, source=source,
                            sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
-    return System(cfg, parts)
+    system = System(cfg, parts)
+    if cfg.model.space != "pixel" and cfg.train.context.enabled:  # context frames count latent frames
+        check_context_config(cfg.train.context, system.space.shape()[1], spec.in_channels, spec.extra_in_channels,
+                             frames_name=f"the latent frames of data.num_frames={cfg.data.num_frames}")
+    return system
 
 
 def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part:

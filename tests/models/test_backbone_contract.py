@@ -52,10 +52,11 @@ CASES = [
     ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4)),
     ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4, temporal_attention=False,
                        conv_kernel="3x1x1")),
+    ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4, extra_in_channels=4)),
 ]
 IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "unet3d-mixed-temporal", "toy", "toy-class",
        "walt", "walt-text-class-lora", "walt-self-condition",
-       "walt-sr", "video_ldm", "video_ldm-conv3x1x1"]
+       "walt-sr", "video_ldm", "video_ldm-conv3x1x1", "video_ldm-context"]
 
 
 def build(name, overrides, seed=0):

@@ -39,6 +39,15 @@ the EMA copy stay independent, and no per-call state outlives the call). Two bas
   (``encoder_hidden_states`` = ``cond.text_emb``); the log-SNR is mapped to the UNet's discrete
   training timestep (:func:`logsnr_to_timestep`).
 
+Prediction and interpolation models (section 3.1.2, "Prediction models for long-term generation", and
+section 3.2, "Temporal interpolation for high frame rates") condition on known frames by
+masking-conditioning: the masked, encoded context frames and a binary mask channel (``cond.context``,
+``cond.context_mask``; ``extra_in_channels = C + 1``) are "fed into the temporal layers after being
+processed with a learned downsampling operation". Here each temporal layer gets them area-downsampled
+to its resolution and through its own zero-initialized 1x3x3 convolution (:class:`ContextInput`), added
+to the temporal layer's input; the frozen spatial path never sees them. Zero-initialized, so a fresh
+prediction model is exactly the plain video model (and at alignment's start, the image model).
+
 Frames mix only inside temporal layers, and those obey ``cond.frame_segments`` (joint image-video
 training): attention is masked across segments, a convolution treats a neighbour from another segment
 as zero padding, and positions count from each segment's first frame.
@@ -68,6 +77,7 @@ from kinema.models.attention import SpatialAttention, _SelfAttention, _stride0_b
 from kinema.models.backbone import BackboneSpec
 from kinema.models.blocks import (ResBlock, ResidualBranch, group_norm, segment_conv3d, sinusoidal_embedding,
                                   zero_init_residual_outputs)
+from kinema.models.embeddings import conditioning_channels
 from kinema.models.text import TextConditioned
 from kinema.models.unet import UNet3D
 from kinema.models.walt import positions_in_segment
@@ -87,7 +97,9 @@ class VideoLDMConfig:
     3D convolutions' kernel; ``alpha_init``: the blend weight of the spatial path at initialization (any
     value in (0, 1) starts exactly as the image model; 0.5 lets the temporal branch learn at half rate).
     ``num_train_timesteps`` / ``beta_*``: the diffusers UNet's discrete training schedule (Stable Diffusion's
-    defaults), used only to map log-SNR to its timestep input.
+    defaults), used only to map log-SNR to its timestep input. ``extra_in_channels``: channels taken from
+    ``cond`` into every temporal layer (:class:`ContextInput`): ``C + 1`` for a prediction / interpolation
+    model (``train.context``: the masked context frames and their mask); 0 for none.
     """
 
     base: Literal["kinema", "diffusers"] = "kinema"
@@ -102,6 +114,7 @@ class VideoLDMConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
+    extra_in_channels: int = 0
 
     def __post_init__(self) -> None:
         if self.base not in IMAGE_BASES:
@@ -114,6 +127,9 @@ class VideoLDMConfig:
         for name in ("head_dim", "norm_groups", "num_train_timesteps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VideoLDMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.extra_in_channels < 0:
+            raise ValueError(f"VideoLDMConfig.extra_in_channels must be >= 0 (C + 1 for context frames and their "
+                             f"mask), got {self.extra_in_channels}")
         if not 0.0 < self.alpha_init < 1.0:
             raise ValueError(f"VideoLDMConfig.alpha_init must be in (0, 1) (alpha = sigmoid of a finite logit), "
                              f"got {self.alpha_init}")
@@ -221,21 +237,41 @@ class Conv3DBlock(ResidualBranch):
         return x + segment_conv3d(F.silu(self.norm2(h)), self.out, frame_segments)
 
 
+class ContextInput(ResidualBranch):
+    """Masking-conditioning of one temporal layer (Video LDM section 3.1.2): ``z + out(down(extra))``, where
+    ``extra [B, E, F, H, W]`` are the channels from ``cond`` (the masked context frames and the mask, at
+    z's full resolution), ``down`` averages them to z's ``h x w`` (area) and ``out`` is a zero-initialized
+    1x3x3 convolution to z's channels (per frame: no information crosses frames here). ``z [B, C, F, h, w]``."""
+
+    def __init__(self, extra_channels: int, channels: int) -> None:
+        super().__init__()
+        self.out = nn.Conv3d(extra_channels, channels, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, z: Tensor, extra: Tensor) -> Tensor:
+        if extra.shape[-2:] != z.shape[-2:]:
+            frames = rearrange(extra, "b e f h w -> (b f) e h w")
+            extra = rearrange(F.adaptive_avg_pool2d(frames, z.shape[-2:]), "(b f) e h w -> b e f h w", b=z.shape[0])
+        return z + self.out(extra.to(z.dtype))
+
+
 class TemporalMixer(nn.Module):
     """One temporal layer ``l_phi^i`` and its blend weight ``phi^i``: ``forward(z [B, C, F, H, W],
-    frame_segments) = mix_spatial_temporal(z, layer(z), phi)``."""
+    frame_segments, extra) = mix_spatial_temporal(z, layer(z'), phi)`` with ``z' = context(z, extra)`` for a
+    context model (:class:`ContextInput`), else ``z``."""
 
-    def __init__(self, layer: nn.Module, alpha_init: float) -> None:
+    def __init__(self, layer: nn.Module, alpha_init: float, context: Optional[ContextInput] = None) -> None:
         super().__init__()
         self.layer = layer
         self.mix_logit = nn.Parameter(torch.tensor(alpha_logit(alpha_init)))
+        self.context = context
 
     @property
     def alpha(self) -> Tensor:
         return torch.sigmoid(self.mix_logit)
 
-    def forward(self, z: Tensor, frame_segments: Optional[Tensor] = None) -> Tensor:
-        return mix_spatial_temporal(z, self.layer(z, frame_segments), self.mix_logit)
+    def forward(self, z: Tensor, frame_segments: Optional[Tensor] = None, extra: Optional[Tensor] = None) -> Tensor:
+        z_in = z if self.context is None or extra is None else self.context(z, extra)
+        return mix_spatial_temporal(z, self.layer(z_in, frame_segments), self.mix_logit)
 
 
 # ---- image bases ----------------------------------------------------------------------------------
@@ -435,7 +471,10 @@ class VideoLDM(nn.Module):
         if not self.spatial:
             raise ValueError(f"the image model has no layer to put the selected temporal layers after "
                              f"(temporal_attention={cfg.temporal_attention}, temporal_conv={cfg.temporal_conv})")
-        self.temporal = nn.ModuleList(TemporalMixer(self._temporal_layer(s), cfg.alpha_init) for s in self.spatial)
+        extra = cfg.extra_in_channels
+        self.temporal = nn.ModuleList(
+            TemporalMixer(self._temporal_layer(s), cfg.alpha_init, ContextInput(extra, s.channels) if extra else None)
+            for s in self.spatial)
         zero_init_residual_outputs(self.temporal)  # the one init decision: every temporal branch starts as identity
         self.register_state_dict_post_hook(_drop_base_tensors)
         self.register_load_state_dict_pre_hook(_fill_base_tensors)
@@ -449,8 +488,9 @@ class VideoLDM(nn.Module):
     @property
     def spec(self) -> BackboneSpec:
         base = self.base.spec
-        reads = tuple(dict.fromkeys(("frame_segments",) + base.reads))
-        return dataclasses.replace(base, reads=reads)
+        context = ("context",) if self.cfg.extra_in_channels else ()
+        reads = tuple(dict.fromkeys(("frame_segments",) + base.reads + context))
+        return dataclasses.replace(base, reads=reads, extra_in_channels=self.cfg.extra_in_channels)
 
     def frozen_parts(self) -> dict[str, tuple[nn.Module, str]]:
         """name -> (module, local source path) of the frozen parts inside this model (the image base)."""
@@ -464,15 +504,17 @@ class VideoLDM(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def _mix_hook(self, index: int, frames: int, segments: Optional[Tensor], module, args, output):
+    def _mix_hook(self, index: int, frames: int, segments: Optional[Tensor], extra: Optional[Tensor], module, args,
+                  output):
         """Forward hook on spatial layer ``index``: its output ``z`` (a tensor, or a tuple whose first item is
-        one, as diffusers' ``Transformer2DModel(..., return_dict=False)`` returns) -> the temporal blend."""
+        one, as diffusers' ``Transformer2DModel(..., return_dict=False)`` returns) -> the temporal blend
+        (``extra [B, E, F, H, W]``: the channels from ``cond`` of a context model, else None)."""
         z = output[0] if isinstance(output, tuple) else output
         if self.spatial[index].frames_in_batch:  # [(B F), C, H, W] -> [B, C, F, H, W] and back
             video = rearrange(z, "(b f) c h w -> b c f h w", f=frames)
-            mixed = rearrange(self.temporal[index](video, segments), "b c f h w -> (b f) c h w")
+            mixed = rearrange(self.temporal[index](video, segments, extra), "b c f h w -> (b f) c h w")
         else:
-            mixed = self.temporal[index](z, segments)
+            mixed = self.temporal[index](z, segments, extra)
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
@@ -483,7 +525,8 @@ class VideoLDM(nn.Module):
             raise ValueError(f"cond.frame_segments must have shape [B, F] = {[z.shape[0], z.shape[2]]}, "
                              f"got {tuple(segments.shape)}")
         segments = None if segments is None else segments.to(z.device)
-        hooks = [layer.module.register_forward_hook(partial(self._mix_hook, i, z.shape[2], segments))
+        extra = conditioning_channels(z, cond, self.cfg.extra_in_channels, "video_ldm")  # [B, E, F, H, W] or None
+        hooks = [layer.module.register_forward_hook(partial(self._mix_hook, i, z.shape[2], segments, extra))
                  for i, layer in enumerate(self.spatial)]
         try:
             return self.base(z, logsnr, cond)
@@ -492,6 +535,6 @@ class VideoLDM(nn.Module):
                 handle.remove()
 
 
-__all__ = ["BASE", "Conv3DBlock", "DiffusersImageBase", "FrameAttention", "IMAGE_BASES", "KinemaImageBase",
+__all__ = ["BASE", "ContextInput", "Conv3DBlock", "DiffusersImageBase", "FrameAttention", "IMAGE_BASES", "KinemaImageBase",
            "SpatialLayer", "TemporalMixer", "VideoLDM", "VideoLDMConfig", "alpha_logit", "ddpm_alphas_cumprod",
            "frame_positions", "load_diffusers_unet", "load_image_base", "logsnr_to_timestep", "mix_spatial_temporal"]

@@ -18,6 +18,14 @@ the end), so the pipeline does not assume pixels.
 
 Only one window of W frames is ever on the device: memory is independent of N. The output keeps the
 input frames unchanged and appends the generated ones, exactly N frames in all.
+
+Latent models (Video LDM's prediction model, Blattmann et al. 2023 section 3.1.2) extend in latent
+frames: the input is encoded, the known frames of each window are latent frames and the generated
+latents are decoded at the edge, window by window. With a frame-wise autoencoder (``temporal_factor``
+1, Video LDM's image autoencoder) latent frame i is pixel frame i, so every count given in pixel frames
+(``frames``, ``window``, ``overlap``) is the same count of latent frames, and the output's first F0
+frames are the input's encode -> decode. A temporally compressing autoencoder (W.A.L.T's causal one) is
+refused (:func:`require_framewise`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context
+from kinema.diffusion.context import key_frame_mask
 from kinema.diffusion.guidance import frame_selection, guided_denoiser, reconstruction_guidance, replacement
 from kinema.pipelines.sample import SamplerSettings, apply_guidance, autocast_denoiser, complete_context, labelled
 from kinema.resize import resize_video
@@ -63,6 +72,31 @@ def as_batch(video: Tensor, system: System, what: str = "video") -> Tensor:
         raise ValueError(f"expected a {what} [B, C, F, H, W], got shape {tuple(video.shape)}")
     system.space.check_channels(video.shape[1], f"the {what} (shape {tuple(video.shape)})")
     return video
+
+
+def require_framewise(system: System, what: str) -> None:
+    """Frame-conditional pipelines (extend, interpolate) count known and generated frames in the model's
+    space, given in pixel frames. That is exact for pixels and for the latents of a frame-wise autoencoder
+    (``temporal_factor`` 1: latent frame i is pixel frame i). A causal autoencoder with
+    ``temporal_factor`` > 1 is refused: its first latent frame encodes one frame and every later one
+    ``temporal_factor`` frames, so a window cut from a longer video's latents is not a clip it encodes."""
+    tf = system.space.temporal_factor
+    if tf != 1:
+        raise ValueError(f"{what} needs a model in pixels or on a frame-wise autoencoder (temporal_factor 1); this "
+                         f"model's autoencoder {system.cfg.model.autoencoder} has temporal_factor {tf}, whose first latent "
+                         f"frame encodes 1 frame and the others {tf}, so windows of its latents do not map to frames. "
+                         f"Use a model on a frame-wise autoencoder (e.g. model.causal_ae.temporal_factor=1) or a pixel "
+                         f"model")
+
+
+def decode_frames(system: System, z: Tensor, chunk: int) -> Tensor:
+    """The model-space video ``z [B, C, F, H, W]`` (any device) decoded to float32 pixels on CPU, ``chunk``
+    frames at a time on the model's device (a frame-wise space decodes each frame on its own, so chunks
+    are exact), so the device never holds more than ``chunk`` decoded frames."""
+    if system.space.temporal_factor != 1:
+        raise ValueError("decode_frames decodes frame-wise spaces only (temporal_factor 1)")
+    device = system.device
+    return torch.cat([system.space.decode(part.to(device)).cpu() for part in z.split(max(1, chunk), dim=2)], dim=2)
 
 
 def require_pixel_space(system: System, what: str) -> None:
@@ -99,13 +133,7 @@ def conditional_denoiser(system: System, method: str, x_a: Tensor, known: Tensor
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     with_amp = autocast_denoiser(system, precision)
     if method == "context":
-        if not system.is_context_model:
-            raise ValueError("method 'context' needs a model trained with context frames (train.context.max_frames "
-                             "> 0, e.g. the vdm_moving_digits_context preset); use reconstruction or replacement")
-        most, allowed = int(known.sum(1).max()), system.cfg.train.context.max_frames
-        if most > allowed:
-            raise ValueError(f"{most} known frames, but the model was trained with at most "
-                             f"train.context.max_frames={allowed}; lower the overlap")
+        check_known_frames(system, known)
         c = with_context(cond, x_a, known)
         fields = ("context",) + (LABEL_FIELDS if labelled(c) else ())
         denoise = guided_denoiser(with_amp, c, drop_conditioning(c, fields=fields), guidance)
@@ -118,6 +146,27 @@ def conditional_denoiser(system: System, method: str, x_a: Tensor, known: Tensor
     return with_amp.track(replacement(denoise, x_a, known, generator=generator, noise=system.noise))  # (self-conditioning state)
 
 
+def check_known_frames(system: System, known: Tensor) -> None:
+    """The known frames ``known [B, F]`` must be a pattern the context model was trained on: at most
+    ``train.context.max_frames`` of them for a prediction model; exactly the key frames 0, k, 2k, ... for
+    an interpolation model (``train.context.key_every = k``). One error naming the fix otherwise."""
+    ctx = system.cfg.train.context
+    if not ctx.enabled:
+        raise ValueError("method 'context' needs a model trained with context frames (train.context.max_frames "
+                         "> 0, e.g. the vdm_moving_digits_context preset); use reconstruction or replacement")
+    if ctx.key_every:
+        keys = key_frame_mask(known.shape[1], ctx.key_every, known.device)
+        if not bool((known == keys).all()):
+            raise ValueError(f"this model was trained for interpolation (train.context.key_every={ctx.key_every}: every "
+                             f"{ctx.key_every}th frame known); use `kinema interpolate`, or a prediction model "
+                             f"(train.context.max_frames > 0) to extend")
+        return
+    most = int(known.sum(1).max())
+    if most > ctx.max_frames:
+        raise ValueError(f"{most} known frames, but the model was trained with at most "
+                         f"train.context.max_frames={ctx.max_frames}; lower the overlap")
+
+
 def extend_video(system: System, video: Tensor, frames: int, *, method: str = "reconstruction",
                  overlap: Optional[int] = None, window: Optional[int] = None, guidance: Optional[float] = None,
                  recon_weight: Optional[float] = None, cond: Optional[Conditioning] = None,
@@ -126,16 +175,20 @@ def extend_video(system: System, video: Tensor, frames: int, *, method: str = "r
     """Extend ``video [B, C, F0, H, W]`` (or ``[C, F0, H, W]``) in [-1, 1] to exactly ``frames`` frames.
 
     ``window`` frames per model call (default: the training length), the last ``overlap`` of them
-    known (default: half the window); a shorter last window is sampled at full length and cut.
+    known (default: half the window; for ``context`` at most ``train.context.max_frames``); a shorter last window is sampled at full length and cut.
     ``cond`` (``[B, ...]``, e.g. from ``make_conditioning``) conditions every window, with
     classifier-free weight ``guidance`` (default ``sample.guidance``); ``recon_weight`` is w_r
     (default :data:`DEFAULT_RECON_WEIGHT`). Returns float32 ``[B, C, frames, H, W]`` on CPU whose
-    first F0 frames are the input. Reproducible given ``seed``.
+    first F0 frames are the input (a latent model: the input's encode -> decode). Counts are pixel
+    frames, which for the frame-wise spaces allowed (:func:`require_framewise`) are the model's frames.
+    Reproducible given ``seed``.
     """
-    require_pixel_space(system, "extend")
+    require_framewise(system, "extend")
     video = as_batch(video, system, "video")
     window = window or system.space.frames
-    overlap = overlap or window // 2
+    if overlap is None:  # half the window, at most what a prediction model was trained with
+        most = system.cfg.train.context.max_frames
+        overlap = min(window // 2, most) if method == "context" and most else window // 2
     plan = window_plan(video.shape[2], frames, window, overlap)
     guidance = system.cfg.sample.guidance if guidance is None else guidance
     recon_weight = DEFAULT_RECON_WEIGHT if recon_weight is None else recon_weight
@@ -162,4 +215,4 @@ def extend_video(system: System, video: Tensor, frames: int, *, method: str = "r
             out.append(sample[:, :, overlap:].cpu())
             tail = sample[:, :, -overlap:]
     bar.close()
-    return system.space.decode(torch.cat(out, dim=2))
+    return decode_frames(system, torch.cat(out, dim=2), window)
