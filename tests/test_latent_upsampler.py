@@ -118,3 +118,15 @@ def test_kinema_cascade_and_upsample_with_a_latent_upsampler_after_a_pixel_base(
     write_video(small, torch.rand(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1, fps=4)
     assert main(["upsample", str(up), "--input", str(small), "--steps", "2", "--out", str(tmp_path / "up.gif")]) == 0
     assert (tmp_path / "up.gif").exists()
+
+
+def test_the_latent_toy_recipe_presets_chain_run_directories():
+    """README "Video LDM": autoencoder -> image LDM -> temporal alignment, each reading the previous run."""
+    ae, ldm, video = (load_config(n) for n in ("image_ae_bouncing_shapes", "image_ldm_latent_bouncing_shapes",
+                                               "video_ldm_latent_bouncing_shapes"))
+    assert ae.model.causal_ae.temporal_factor == 1 and ae.train.objective == "autoencoder"
+    assert ldm.model.autoencoder == video.model.autoencoder == ae.train.out_dir
+    assert video.model.video_ldm.base_path == ldm.train.out_dir and ldm.data.num_frames == 1
+    assert ldm.model.space == video.model.space == "latent" and video.model.name == "video_ldm"
+    assert ldm.model.unet.in_channels == ae.model.causal_ae.latent_channels
+    assert (ldm.data.size, video.data.size) == (ae.data.size, ae.data.size)

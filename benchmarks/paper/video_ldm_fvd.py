@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,12 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
 
 from quality import FVD  # noqa: E402
-from video_ldm_alignment import score, video_ldm_of  # noqa: E402
+from video_ldm_alignment import aligned_and_per_frame, score, video_ldm_of  # noqa: E402
 
 from kinema.data.io import write_video  # noqa: E402
 from kinema.metrics.assets import resolve_weights  # noqa: E402
 from kinema.metrics.consistency import reference_clips  # noqa: E402
-from kinema.pipelines.sample import sample_videos  # noqa: E402
 from kinema.system import load_system, resolve_device  # noqa: E402
 
 REFERENCE_SEED, FLOOR_SEED = 12345, 54321  # the training data uses seed 0: both sets are unseen
@@ -77,17 +75,9 @@ def main() -> None:
     fvd, extractor = fvd_scorer(args, reference)
     common = {"ckpt": str(ckpt), "space": system.space.name, "frames": frames, "size": size, "num": args.num,
               "feature_extractor": extractor}
-    for name in ("aligned", "image_model_per_frame"):
-        if name == "image_model_per_frame":
-            with torch.no_grad():
-                for mixer in net.temporal:
-                    mixer.mix_logit.fill_(float("inf"))  # alpha = 1: the spatial path only, bitwise
-        start = time.time()
-        videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                               batch_size=16, progress=False)
+    for name, videos, seconds in aligned_and_per_frame(system, args.num, args.steps, args.seed, args.sampler):
         row = {"model": name, **common, "steps": args.steps, "sampler": args.sampler or system.cfg.sample.sampler,
-               "fvd": None if fvd is None else round(fvd(videos), 1), **score(videos),
-               "seconds": round(time.time() - start, 1)}
+               "fvd": None if fvd is None else round(fvd(videos), 1), **score(videos), "sampling_seconds": seconds}
         if name == "aligned":
             row["alphas"] = alphas
         if args.out is not None:
