@@ -361,17 +361,20 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
 def check_latent_sr_config(cfg: KinemaConfig, spec: BackboneSpec, autoencoder: VideoAutoencoder) -> None:
     """The ``sr`` section of a model in the latent space of ``autoencoder``: a latent upsampler (Video LDM,
     Blattmann et al. 2023, section 3.2) reads the low-resolution *pixel* video, so its extra input channels
-    are the autoencoder's input channels; frames can be inserted only by a frame-wise autoencoder
-    (temporal_factor 1), whose latent frames are the pixel frames."""
+    are the autoencoder's input channels; and its autoencoder must be frame-wise (temporal_factor 1, as
+    Video LDM's image autoencoder), whose latent frames are the pixel frames, so the low-resolution frames
+    line up with the latent ones (a temporally compressing autoencoder would need a frame mapping that is
+    not written)."""
     try:
         check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec, lowres_channels=autoencoder.in_channels)
     except ValueError as e:
         raise ConfigError(f"{e} (model.space=latent: the low-resolution input is the {autoencoder.in_channels}-channel "
                           f"pixel video)") from None
-    if cfg.sr.temporal_factor > 1 and autoencoder.temporal_factor > 1:
-        raise ConfigError(f"sr.temporal_factor={cfg.sr.temporal_factor} in the latent space of an autoencoder with "
-                          f"temporal_factor={autoencoder.temporal_factor}: latent frames are not pixel frames; use a "
-                          f"frame-wise autoencoder (temporal_factor 1) or a pixel-space TSR stage")
+    if cfg.sr.is_stage and autoencoder.temporal_factor > 1:
+        raise ConfigError(f"an SR stage in the latent space of an autoencoder with temporal_factor="
+                          f"{autoencoder.temporal_factor}: its latent frames are not pixel frames, so the low-resolution "
+                          f"frames do not line up with them; use a frame-wise autoencoder (temporal_factor 1) or a "
+                          f"pixel-space SR stage (model.space=pixel)")
 
 
 def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part:
