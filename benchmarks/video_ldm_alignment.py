@@ -40,6 +40,20 @@ def score(videos: torch.Tensor) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
+def aligned_and_per_frame(system, num: int, steps: int, seed: int, sampler=None):
+    """Yield ``(name, videos, seconds)`` for the aligned model, then for its image model per frame: every
+    alpha forced to 1 (the spatial path only, bitwise; left so afterwards). Same noise (``seed``) for both."""
+    net = video_ldm_of(system.model)
+    for name in ("aligned", "image_model_per_frame"):
+        if name == "image_model_per_frame":
+            with torch.no_grad():
+                for mixer in net.temporal:
+                    mixer.mix_logit.fill_(float("inf"))  # alpha = 1: the spatial path only, bitwise
+        start = time.time()
+        videos = sample_videos(system, num, steps=steps, sampler=sampler, seed=seed, batch_size=16, progress=False)
+        yield name, videos, round(time.time() - start, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="a video_ldm checkpoint or run directory")
@@ -53,15 +67,9 @@ def main() -> None:
     net = video_ldm_of(system.model)
     alphas = [round(m.alpha.item(), 3) for m in net.temporal]
     c, f, h, w = system.space.shape()
-    for name in ("aligned", "image_model_per_frame"):
-        if name == "image_model_per_frame":
-            with torch.no_grad():
-                for mixer in net.temporal:
-                    mixer.mix_logit.fill_(float("inf"))  # alpha = 1: the spatial path only, bitwise
-        start = time.time()
-        videos = sample_videos(system, args.num, steps=args.steps, seed=args.seed, batch_size=16, progress=False)
+    for name, videos, seconds in aligned_and_per_frame(system, args.num, args.steps, args.seed):
         row = {"model": name, "ckpt": str(ckpt), "frames": f, "size": h, "steps": args.steps, **score(videos),
-               "seconds": round(time.time() - start, 1)}
+               "seconds": seconds}
         if name == "aligned":
             row["alphas"] = alphas
         if args.out is not None:

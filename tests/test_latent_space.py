@@ -87,8 +87,9 @@ def test_shapes_map_pixels_to_latents_and_errors_come_first(ae_ckpt, tmp_path):
                                     "model.walt.in_channels=4"),
     ({"data.num_frames": 8}, r"data.num_frames=8 .* frames=8 is not 1 \+ 4k: trim to 5 or pad to 9"),
     ({"data.size": 12}, "divisible by 2"),
-    ({"model.walt.extra_in_channels": 4, "sr.spatial_factor": 2}, "SR stage .* runs in pixel space for now; "
-                                                                  "got model.space=latent"),
+    ({"model.walt.extra_in_channels": 3, "sr.spatial_factor": 2}, "SR stage in the latent space of an autoencoder "
+                                                                  "with temporal_factor=4: .* frame-wise"),
+    ({"sr.spatial_factor": 2}, "extra_in_channels = the pixel channels = 3 .* the 3-channel pixel video"),
 ])
 def test_config_errors_before_compute(ae_ckpt, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):

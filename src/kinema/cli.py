@@ -155,13 +155,15 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 def _cmd_upsample(args: argparse.Namespace) -> int:
     from kinema.data.io import write_video
     from kinema.pipelines.extend import read_clip, require_pixel_space
+    from kinema.pipelines.sample import output_channels
     from kinema.pipelines.upsample import DEFAULT_RECON_WEIGHT, upsample_video
     from kinema.system import load_system
 
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
-    require_pixel_space(system, "upsample")
+    if not system.is_sr_stage:  # reconstruction guidance counts pixels; a trained SR stage reads pixels in any space
+        require_pixel_space(system, "upsample")
     recon = _recon_weight(args, True)
-    low = read_clip(args.input, system.space.channels, max_frames=args.max_frames)
+    low = read_clip(args.input, output_channels(system), max_frames=args.max_frames)
     video = upsample_video(system, low, size=args.size, recon_weight=DEFAULT_RECON_WEIGHT if recon is None else recon,
                            guidance=args.guidance, cond=_conditioning(system, low.shape[0], args), steps=args.steps,
                            sampler=args.sampler, eta=args.eta, seed=args.seed)

@@ -333,12 +333,8 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
         except ValueError as e:
             raise ConfigError(f"data.num_frames={cfg.data.num_frames} / data.size={cfg.data.size} do not fit the "
                               f"autoencoder: {e}") from None
-    else:
+    elif cfg.model.space == "pixel":  # a latent SR stage is checked once its autoencoder is loaded
         check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec)
-        if cfg.sr.is_stage and cfg.model.space != "pixel":  # the cascade hands stages decoded pixels
-            raise ConfigError(f"an SR stage (sr.spatial_factor={cfg.sr.spatial_factor}, sr.temporal_factor="
-                              f"{cfg.sr.temporal_factor}) runs in pixel space for now; got model.space={cfg.model.space} "
-                              f"(a latent base model can still precede a pixel SR stage in a cascade)")
     parts = {MODEL: Part(model, trainable=True)}
     encoder = model.encoder() if isinstance(model, TextConditioned) else None
     if isinstance(encoder, TransformersTextEncoder):
@@ -352,6 +348,8 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
             encoder.requires_grad_(False)
     if cfg.model.space == "latent":
         parts[AUTOENCODER] = load_autoencoder(cfg.model.autoencoder, frozen_hashes=frozen_hashes)
+        if not isinstance(model, VideoAutoencoder):
+            check_latent_sr_config(cfg, spec, parts[AUTOENCODER].module)
     elif cfg.model.autoencoder is not None:
         raise ConfigError(f"model.autoencoder={cfg.model.autoencoder} is set but model.space={cfg.model.space}; "
                           f"set model.space=latent (or remove model.autoencoder)")
@@ -363,6 +361,25 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
         check_context_config(cfg.train.context, system.space.shape()[1], spec.in_channels, spec.extra_in_channels,
                              frames_name=f"the latent frames of data.num_frames={cfg.data.num_frames}")
     return system
+
+
+def check_latent_sr_config(cfg: KinemaConfig, spec: BackboneSpec, autoencoder: VideoAutoencoder) -> None:
+    """The ``sr`` section of a model in the latent space of ``autoencoder``: a latent upsampler (Video LDM,
+    Blattmann et al. 2023, section 3.2) reads the low-resolution *pixel* video, so its extra input channels
+    are the autoencoder's input channels; and its autoencoder must be frame-wise (temporal_factor 1, as
+    Video LDM's image autoencoder), whose latent frames are the pixel frames, so the low-resolution frames
+    line up with the latent ones (a temporally compressing autoencoder would need a frame mapping that is
+    not written)."""
+    try:
+        check_sr_config(cfg.sr, cfg.data.num_frames, cfg.data.size, spec, lowres_channels=autoencoder.in_channels)
+    except ValueError as e:
+        raise ConfigError(f"{e} (model.space=latent: the low-resolution input is the {autoencoder.in_channels}-channel "
+                          f"pixel video)") from None
+    if cfg.sr.is_stage and autoencoder.temporal_factor > 1:
+        raise ConfigError(f"an SR stage in the latent space of an autoencoder with temporal_factor="
+                          f"{autoencoder.temporal_factor}: its latent frames are not pixel frames, so the low-resolution "
+                          f"frames do not line up with them; use a frame-wise autoencoder (temporal_factor 1) or a "
+                          f"pixel-space SR stage (model.space=pixel)")
 
 
 def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part:
@@ -412,5 +429,6 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
 
 
 __all__ = ["AUTOENCODER", "MODEL", "TEACHER", "Part", "System", "autocast", "autocast_dtype", "build_model",
-           "build_objective", "build_schedule", "build_system", "build_teacher", "check_objective", "distilled_steps",
+           "build_objective", "build_schedule", "build_system", "build_teacher", "check_latent_sr_config",
+           "check_objective", "distilled_steps",
            "load_autoencoder", "load_system", "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]

@@ -32,7 +32,7 @@ from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, w
 from kinema.diffusion.guidance import guided_denoiser
 from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import (BatchRandom, Denoise, Denoiser, Parameterization, Prediction, TrainBatch,
-                                        coefficients, sample_t, segments_for)
+                                        coefficients, hook_input, sample_t, segments_for)
 from kinema.diffusion.schedule import Schedule, sampling_grid
 
 Stage = Literal["guided", "progressive"]
@@ -196,7 +196,7 @@ class DistillationObjective:
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond = batch.x, batch.cond
         for hook in self.hooks:
-            cond, _ = hook(x, cond, rng)
+            cond, _ = hook(hook_input(hook, batch), cond, rng)
         w = None
         if self.w_range is not None:
             lo, hi = self.w_range

@@ -234,11 +234,23 @@ def diffusion_loss(
 @dataclass
 class TrainBatch:
     """What an objective gets per micro-batch: ``x [B, C, F, H, W]`` (data already in the model's space),
-    its ``cond``, and the collated ``data`` dict it came from (captions, labels, raw pixels, ...)."""
+    its ``cond``, and the collated ``data`` dict it came from (captions, labels, raw pixels, ...).
+    ``pixels``: the clip in pixels before the space encoded it (the trainer sets it; None: ``x`` is
+    the pixels). Hooks that declare ``reads_pixels`` get it instead of ``x`` (:func:`hook_input`)."""
 
     x: Tensor
     cond: Any
     data: dict
+    pixels: Optional[Tensor] = None
+
+
+def hook_input(hook, batch: TrainBatch) -> Tensor:
+    """What a conditioning hook is called with: the pixel clip for a hook with ``reads_pixels = True``
+    (e.g. the low-resolution input of a latent upsampler, Video LDM section 3.2, derived from pixels
+    before encoding), else ``batch.x`` (the data in the model's space)."""
+    if getattr(hook, "reads_pixels", False) and batch.pixels is not None:
+        return batch.pixels
+    return batch.x
 
 
 class BatchRandom(Protocol):
@@ -337,7 +349,7 @@ class DiffusionObjective:
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
         for hook in self.hooks:
-            cond, weight = hook(x, cond, rng)
+            cond, weight = hook(hook_input(hook, batch), cond, rng)
             if weight is not None:
                 frame_weight = weight if frame_weight is None else frame_weight * weight
         t = rng.draw(lambda n: sample_t(n, self.t_sampling, generator=rng.generator, device=x.device))

@@ -20,6 +20,16 @@ an SR stage is always conditioned on it, and guidance, when used, is over text /
 
 Backbone-agnostic: the hook :class:`LowResInput` reads only the backbone's ``BackboneSpec`` (its
 ``reads`` and ``extra_in_channels``), so the U-Net, W.A.L.T and the Video LDM share this one path.
+
+Space-agnostic too: the low-resolution input is always a *pixel* video. In a latent space (the latent
+upsampler of Video LDM, Blattmann et al. 2023, section 3.2 and appendix; like Stable Diffusion's x4
+upscaler) the diffusion runs on the latents of the high-resolution video while the stage reads the
+low-resolution pixels, derived from the pixel clip before encoding (the hook declares
+``reads_pixels``, see :func:`kinema.diffusion.objective.hook_input`), noise-augmented with the level
+given to the model, and brought to the latent grid by the backbone's
+:func:`~kinema.models.embeddings.conditioning_channels` (bilinear to the latents' size, frames
+repeated). With an autoencoder of spatial factor s and ``sr.spatial_factor = s`` the low-resolution
+frames *are* the latent grid. The stage's extra input channels are the pixel channels.
 """
 
 from __future__ import annotations
@@ -58,9 +68,12 @@ class SRConfig:
         return frames // self.temporal_factor, size // self.spatial_factor
 
 
-def check_sr_config(cfg: SRConfig, frames: int, size: int, spec) -> None:
+def check_sr_config(cfg: SRConfig, frames: int, size: int, spec, lowres_channels: Optional[int] = None) -> None:
     """Errors naming the ``sr.*`` key when an SR config cannot work with the data (``frames``, ``size``)
-    and the backbone ``spec`` (a :class:`~kinema.models.backbone.BackboneSpec`)."""
+    and the backbone ``spec`` (a :class:`~kinema.models.backbone.BackboneSpec`). ``lowres_channels``:
+    the channels of the low-resolution input, the pixel channels (default ``spec.in_channels``, right in
+    pixel space; in a latent space the autoencoder's input channels)."""
+    lowres_channels = spec.in_channels if lowres_channels is None else lowres_channels
     for name in ("spatial_factor", "temporal_factor"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"sr.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -72,10 +85,10 @@ def check_sr_config(cfg: SRConfig, frames: int, size: int, spec) -> None:
     if size % cfg.spatial_factor or frames % cfg.temporal_factor:
         raise ValueError(f"sr.spatial_factor={cfg.spatial_factor} must divide data.size={size} and "
                          f"sr.temporal_factor={cfg.temporal_factor} must divide data.num_frames={frames}")
-    if "lowres" not in spec.reads or spec.extra_in_channels < spec.in_channels:
+    if "lowres" not in spec.reads or spec.extra_in_channels < lowres_channels:
         raise ValueError(f"an SR stage (sr.spatial_factor={cfg.spatial_factor}, sr.temporal_factor="
                          f"{cfg.temporal_factor}) needs a backbone that reads the low-resolution video: "
-                         f"extra_in_channels = in_channels = {spec.in_channels} (for the U-Net "
+                         f"extra_in_channels = the pixel channels = {lowres_channels} (for the U-Net "
                          f"model.unet.extra_in_channels), got {spec.extra_in_channels}")
     if cfg.aug_max > 0 and "lowres_logsnr" not in spec.reads:
         raise ValueError(f"sr.aug_max={cfg.aug_max} needs a backbone that embeds the augmentation level: add "
@@ -126,7 +139,10 @@ class LowResInput:
     ``cond.lowres`` from the clip (:func:`degrade`), augments it at t_aug ~ U[0, ``cfg.aug_max``]
     (:func:`augment_lowres`) and sets ``cond.lowres_logsnr`` when the backbone reads it
     (``reads_level``). Random draws, in order, through the objective's rank-aware ``rng``: t_aug
-    (only when ``aug_max > 0``), then the augmentation noise."""
+    (only when ``aug_max > 0``), then the augmentation noise. It is called with the *pixel* clip
+    (``reads_pixels``): in a latent space the input is degraded from pixels, never from latents."""
+
+    reads_pixels = True
 
     def __init__(self, cfg: SRConfig, schedule: Schedule, reads_level: bool) -> None:
         if not cfg.is_stage:

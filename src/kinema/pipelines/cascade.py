@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from kinema.pipelines.sample import SamplerSettings, lowres_conditioning, make_conditioning, sample_videos
+from kinema.pipelines.sample import (SamplerSettings, lowres_conditioning, make_conditioning, output_channels,
+                                    sample_videos)
 from kinema.system import System
 
 
@@ -49,13 +50,6 @@ class StageShape:
         makes = (output_channels(system), d.num_frames, d.size)
         takes = (makes[0], *sr.input_shape(d.num_frames, d.size)) if system.is_sr_stage else None
         return StageShape(name, takes, makes)
-
-
-def output_channels(system: System) -> int:
-    """Channels of the videos a stage outputs: its pixels, decoded by the autoencoder of a latent space
-    (a latent base hands the next stage decoded video, not latents)."""
-    autoencoder = getattr(system.space, "autoencoder", None)
-    return system.space.channels if autoencoder is None else autoencoder.in_channels
 
 
 def _describe(shape: tuple[int, int, int]) -> str:

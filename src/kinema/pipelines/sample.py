@@ -84,6 +84,14 @@ def complete_context(system: System, cond: Optional[Conditioning], z: torch.Tens
                                                                   device=z.device))
 
 
+def output_channels(system: System) -> int:
+    """Channels of the videos a system outputs and of the low-resolution video an SR stage reads: pixels,
+    decoded by the autoencoder of a latent space (a latent base hands the next stage decoded video, and a
+    latent upsampler reads low-resolution pixels, not latents)."""
+    autoencoder = getattr(system.space, "autoencoder", None)
+    return system.space.channels if autoencoder is None else autoencoder.in_channels
+
+
 def lowres_conditioning(system: System, lowres: torch.Tensor, cond: Optional[Conditioning] = None, *,
                         level: Optional[float] = None, generator: Optional[torch.Generator] = None,
                         what: str = "the low-resolution input") -> Conditioning:
@@ -98,7 +106,7 @@ def lowres_conditioning(system: System, lowres: torch.Tensor, cond: Optional[Con
                          f"sr.spatial_factor={sr.spatial_factor}, sr.temporal_factor={sr.temporal_factor})")
     d = system.cfg.data
     frames, size = sr.input_shape(d.num_frames, d.size)
-    want = (system.space.channels, frames, size, size)
+    want = (output_channels(system), frames, size, size)
     if lowres.ndim != 5 or tuple(lowres.shape[1:]) != want:
         raise ValueError(f"this SR stage (x{sr.temporal_factor} frames, x{sr.spatial_factor} size -> "
                          f"{d.num_frames}x{d.size}x{d.size}) takes [B, C, F, H, W] = [B, {', '.join(map(str, want))}] "

@@ -276,12 +276,13 @@ class Trainer:
     def loss(self, batch: dict) -> torch.Tensor:
         """The objective's loss on one micro-batch (under bf16 autocast on CUDA)."""
         with autocast(self.device, self.amp):
-            x, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
-            x = self.system.space.encode(x, cond.frame_segments)  # a joint item: each segment on its own
+            pixels, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
+            x = self.system.space.encode(pixels, cond.frame_segments)  # a joint item: each segment on its own
             cond.frame_segments = self.system.space.latent_segments(cond.frame_segments)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            loss, _ = self.objective({**self.frozen, MODEL: self.net}, TrainBatch(x, cond, batch), self.random)
+            loss, _ = self.objective({**self.frozen, MODEL: self.net}, TrainBatch(x, cond, batch, pixels),
+                                     self.random)
         return loss
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
