@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
