@@ -12,7 +12,7 @@ checks. Clips come from ``cfg.data`` (``data.dataset`` / ``data.path`` / ``data.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -86,8 +86,8 @@ def encode_dataset(cfg: KinemaConfig, autoencoder: str, out: str | Path, *, num:
         for i in todo:
             start, end = ranges[i]
             latents, extras = [], []
-            for b0 in range(start, end, batch_size):
-                items = [data[j] for j in range(b0, min(b0 + batch_size, end))]
+            for b0, items in zip(range(start, end, batch_size),
+                                 _item_batches(data, start, end, batch_size, cfg.data.num_workers)):
                 video = torch.stack([_clip(item, j, plan) for j, item in zip(range(b0, end), items)]).to(dev)
                 latents.append(space.encode(video).float().cpu())
                 extras += [item_extras(item) for item in items]
@@ -101,6 +101,21 @@ def encode_dataset(cfg: KinemaConfig, autoencoder: str, out: str | Path, *, num:
            f"{list(plan.latent_shape)} (x scale factor {plan.scale_factor:.6g}) in {root}: mean {stats['mean']:.4f}, "
            f"std {stats['std']:.4f}")
     return index
+
+
+def _item_batches(data, start: int, end: int, batch_size: int, workers: int) -> Iterator[list[dict]]:
+    """Items ``start .. end - 1`` in lists of ``batch_size``, read by ``workers`` processes (``data.num_workers``;
+    kinema datasets draw each item from its index, so the items are the same for any number of workers)."""
+    if workers == 0:
+        for b0 in range(start, end, batch_size):
+            yield [data[j] for j in range(b0, min(b0 + batch_size, end))]
+        return
+    from torch.utils.data import DataLoader, Subset
+
+    from kinema.data.loader import seed_worker
+
+    yield from DataLoader(Subset(data, range(start, end)), batch_size=batch_size, num_workers=workers,
+                          collate_fn=list, worker_init_fn=seed_worker)
 
 
 def _clip(item: dict, index: int, plan: CachePlan) -> torch.Tensor:
