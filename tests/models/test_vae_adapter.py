@@ -127,7 +127,8 @@ def test_folders_that_are_not_an_autoencoder_kl_are_refused(vae_dir, tmp_path):
     pipeline = tmp_path / "sd"
     shutil.copytree(vae_dir, pipeline / "vae")
     (pipeline / "model_index.json").write_text("{}")
-    assert f"is a diffusers pipeline folder; give its autoencoder: model.autoencoder={pipeline / 'vae'}" in error(pipeline)
+    want = f"is a diffusers pipeline folder; give its autoencoder: model.autoencoder={pipeline / 'vae'}"
+    assert want in error(pipeline)
     pickled = shutil.copytree(vae_dir, tmp_path / "pickled")
     (pickled / "diffusion_pytorch_model.safetensors").rename(pickled / "diffusion_pytorch_model.bin")
     assert "loads safetensors weights only (it never unpickles a .bin)" in error(pickled)

@@ -243,7 +243,7 @@ class LatentDataset(Dataset):
 
     def check_fits(self, autoencoder: Optional[tuple[str, Optional[str]]], latent_shape: tuple[int, ...]) -> None:
         """Refuse to train a model on this cache unless its latent space is the cache's: ``autoencoder`` is the
-        model's ``(source, sha256)`` (None: a pixel-space model) and ``latent_shape`` its z shape ``[C', F', H', W']``."""
+        model's ``(source, sha256)`` (None: a pixel-space model), ``latent_shape`` its z shape ``[C', F', H', W']``."""
         ae, pixel = self.index["autoencoder"], self.index["pixel_shape"]
         if autoencoder is None:
             raise ValueError(f"data.dataset=latents: {self.root} holds latents of the autoencoder {ae['source']}; "

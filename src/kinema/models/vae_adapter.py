@@ -178,7 +178,8 @@ class DiffusersAutoencoder(nn.Module):
                           self._chunk(chunk_frames))
 
 
-def load_diffusers_vae(path: str | Path, chunk_frames: int = 8, what: str = "model.autoencoder") -> DiffusersAutoencoder:
+def load_diffusers_vae(path: str | Path, chunk_frames: int = 8,
+                       what: str = "model.autoencoder") -> DiffusersAutoencoder:
     """The ``AutoencoderKL`` in local folder ``path`` (checked by :func:`check_vae_folder`; loaded with
     ``local_files_only`` and safetensors only), frozen and in eval mode, behind :class:`DiffusersAutoencoder`."""
     folder = check_vae_folder(path, what)

@@ -40,8 +40,8 @@ from kinema.data.latents import LATENTS
 from kinema.data.loader import collate, infinite_batches
 from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import lowres_conditioning, make_conditioning, sample_videos
-from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
-                           config_section, named_trainable_parameters, resolve_device)
+from kinema.system import (AUTOENCODER, MODEL, System, autocast, autocast_dtype, build_model, build_objective,
+                           build_system, config_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
                                      gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
                                      world_size)
@@ -176,7 +176,7 @@ class Trainer:
 
     def _check_channels(self, item: dict) -> None:
         if LATENTS in item:  # a latent cache: written by the model's autoencoder, in its latent shape
-            part = self.system.parts.get("autoencoder")
+            part = self.system.parts.get(AUTOENCODER)
             self.dataset.check_fits(None if part is None else (part.source, part.sha256), self.system.space.shape())
             return
         spec, channels = self.system.spec, item["video"].shape[0]
