@@ -33,6 +33,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from kinema.config import load_config
+    from kinema.pipelines.encode import encode_dataset
+
+    bad = [o for o in args.overrides if not o.startswith("data.")]
+    if bad:
+        raise ValueError(f"kinema encode takes data.* overrides only, got {bad[0]!r}")
+    overrides = list(args.overrides)
+    if any(o.startswith("data.path=") for o in overrides) and not any(o.startswith("data.dataset=") for o in overrides):
+        overrides.insert(0, "data.dataset=folder")  # a path alone means a folder of videos
+    cfg = load_config(args.config, overrides)
+    encode_dataset(cfg, args.autoencoder, args.out, num=args.num, shard_size=args.shard_size,
+                   batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    print(f"  train on it: kinema train PRESET data.dataset=latents data.path={args.out} model.space=latent "
+          f"model.autoencoder={args.autoencoder} data.num_frames={cfg.data.num_frames} data.size={cfg.data.size}")
+    return 0
+
+
+def _data_options(argv: list[str]) -> list[str]:
+    """``kinema encode``'s ``--data.path DIR`` / ``--data.path=DIR`` spelled as the override ``data.path=DIR``, and
+    every ``key=value`` override moved after the options (argparse takes one run of positionals)."""
+    options, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--data.") and "=" in arg:
+            overrides.append(arg[2:])
+        elif arg.startswith("--data.") and i + 1 < len(argv):
+            overrides.append(f"{arg[2:]}={argv[i + 1]}")
+            i += 1
+        elif "=" in arg and not arg.startswith("-") and not (options and options[-1] in ENCODE_VALUE_OPTIONS):
+            overrides.append(arg)
+        else:
+            options.append(arg)
+        i += 1
+    return options + overrides
+
+
+ENCODE_VALUE_OPTIONS = ("--autoencoder", "--out", "--config", "--num", "--shard-size", "--batch-size", "--device")
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from kinema.train.distill import distill
 
@@ -382,6 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train.out_dir holds an old run: move it aside to <out_dir>.old-<timestamp> (never deleted)")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("encode", help="cache a dataset's clips as latents of an autoencoder (train on them with "
+                                      "data.dataset=latents)")
+    p.add_argument("overrides", nargs="*", help="data.* overrides (also as --data.key VALUE), e.g. data.path=~/videos "
+                                                "(a path alone means data.dataset=folder) data.num_frames=8")
+    p.add_argument("--autoencoder", required=True,
+                   help="a kinema autoencoder checkpoint / run directory, or a local diffusers AutoencoderKL folder")
+    p.add_argument("--out", required=True, help="the cache directory (an interrupted encode into it resumes)")
+    p.add_argument("--config", default=None, help="preset or YAML to take the data section from")
+    p.add_argument("--num", type=positive_int, default=None, help="encode the first N clips (default: all)")
+    p.add_argument("--shard-size", type=positive_int, default=256, help="clips per shard file (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="clips per encoder call (default 8)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_encode)
+
     p = _checkpoint_command(sub, "distill", "distill a model into a few-step sampler (guided + progressive "
                                              "distillation, Meng et al. 2023 / Salimans & Ho 2022)")
     p.add_argument("--to-steps", type=positive_int, required=True, help="sampling steps of the final student, e.g. 8")
@@ -538,7 +593,8 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_data_options(argv) if argv[:1] == ["encode"] else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -104,8 +104,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["bouncing_shapes", "moving_digits", "folder"] = "bouncing_shapes"
-    path: Optional[str] = None  # folder of videos (dataset=folder) or MNIST file (moving_digits)
+    dataset: Literal["bouncing_shapes", "moving_digits", "folder", "latents"] = "bouncing_shapes"
+    path: Optional[str] = None  # folder of videos (dataset=folder), MNIST file (moving_digits), cache dir (latents)
     num_frames: int = 16
     size: int = 32
     frame_stride: int = 1  # frames between clip frames (synthetic data: every k-th frame of a k-times longer clip)

@@ -120,8 +120,14 @@ class LatentSpace:
         latent_channels = part.module.latent_channels
         if spec.in_channels != latent_channels:
             section = backbone_entry(cfg.model.name).section
-            raise ValueError(f"model.{section}.in_channels={spec.in_channels} but the autoencoder {cfg.model.autoencoder} "
-                             f"gives {latent_channels}-channel latents; set model.{section}.in_channels={latent_channels}")
+            if hasattr(cfg.model.backbone, "in_channels"):
+                raise ValueError(f"model.{section}.in_channels={spec.in_channels} but the autoencoder "
+                                 f"{cfg.model.autoencoder} gives {latent_channels}-channel latents; set "
+                                 f"model.{section}.in_channels={latent_channels}")
+            raise ValueError(f"the {cfg.model.name} backbone (its pretrained base, model.{section}) takes "
+                             f"{spec.in_channels}-channel inputs but the autoencoder {cfg.model.autoencoder} gives "
+                             f"{latent_channels}-channel latents; use an autoencoder with {spec.in_channels} latent "
+                             f"channels (or a base made for {latent_channels})")
         try:
             space = cls(part.module, cfg.data.num_frames, cfg.data.size, spec)
         except ValueError as e:

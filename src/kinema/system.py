@@ -385,11 +385,18 @@ def check_latent_sr_config(cfg: KinemaConfig, spec: BackboneSpec, autoencoder: V
 def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part:
     """The frozen autoencoder part of a latent space: the EMA weights of the autoencoder checkpoint (or
     newest checkpoint of the run directory) at ``path``, in eval mode without gradients, recorded by
-    the checkpoint directory and its content hash."""
+    the checkpoint directory and its content hash; or, when ``path`` is a folder that is no kinema
+    checkpoint or run, the diffusers ``AutoencoderKL`` in it (:func:`load_diffusers_autoencoder`)."""
     if not path:
         raise ConfigError("model.space=latent needs model.autoencoder=PATH: the checkpoint (or run directory) of "
-                          "a trained autoencoder (model.name=causal_ae, train.objective=autoencoder)")
-    ckpt = ckpt_io.resolve_checkpoint(path)
+                          "a trained autoencoder (model.name=causal_ae, train.objective=autoencoder), or a local "
+                          "diffusers AutoencoderKL folder")
+    try:
+        ckpt = ckpt_io.resolve_checkpoint(path)
+    except FileNotFoundError:
+        if not Path(path).expanduser().is_dir():
+            raise
+        return load_diffusers_autoencoder(path, frozen_hashes=frozen_hashes)  # or one error naming both kinds
     cfg = ckpt_io.load_checkpoint_config(ckpt)
     if backbone_entry(cfg.model.name).kind != "autoencoder":
         raise ConfigError(f"model.autoencoder={path} is a checkpoint of model.name={cfg.model.name}, not of an "
@@ -397,6 +404,16 @@ def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part
     system, ckpt = load_system(ckpt, device="cpu")
     ae = system.model.requires_grad_(False).eval()
     source = str(ckpt.resolve())
+    return Part(ae, trainable=False, source=source, sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
+
+
+def load_diffusers_autoencoder(path: str, *, frozen_hashes: bool = True) -> Part:
+    """The frozen autoencoder part for a local diffusers ``AutoencoderKL`` folder (``models/vae_adapter.py``),
+    recorded by the resolved folder and the sha256 of its files (config and weights)."""
+    from kinema.models.vae_adapter import load_diffusers_vae
+
+    ae = load_diffusers_vae(path)
+    source = str(Path(path).expanduser().resolve())
     return Part(ae, trainable=False, source=source, sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
 
 
@@ -430,5 +447,5 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
 
 __all__ = ["AUTOENCODER", "MODEL", "TEACHER", "Part", "System", "autocast", "autocast_dtype", "build_model",
            "build_objective", "build_schedule", "build_system", "build_teacher", "check_latent_sr_config",
-           "check_objective", "distilled_steps",
-           "load_autoencoder", "load_system", "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]
+           "check_objective", "distilled_steps", "load_autoencoder", "load_diffusers_autoencoder", "load_system",
+           "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]

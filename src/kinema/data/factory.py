@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-DATASETS = ("bouncing_shapes", "moving_digits", "folder")
+DATASETS = ("bouncing_shapes", "moving_digits", "folder", "latents")
 
 
 def build_dataset(cfg) -> Dataset:
@@ -13,6 +13,8 @@ def build_dataset(cfg) -> Dataset:
     from kinema.data.synthetic import BouncingShapes, MovingDigits
     from kinema.data.video_folder import ImageFolder, VideoFolder
 
+    if cfg.dataset == "latents":  # a cache written by `kinema encode` (data/latents.py)
+        return latent_dataset(cfg)
     synthetic_frames = cfg.num_frames * cfg.frame_stride  # subsampled below (StridedFrames)
     if cfg.dataset == "bouncing_shapes":
         ds = BouncingShapes(num_frames=synthetic_frames, size=cfg.size, length=cfg.length, seed=cfg.seed)
@@ -34,6 +36,18 @@ def build_dataset(cfg) -> Dataset:
         images = ImageFolder(cfg.image_path, size=cfg.size, seed=cfg.seed) if cfg.image_path else None
         ds = JointImageVideo(ds, images, num_images=image_count(cfg.num_frames, cfg.image_fraction), seed=cfg.seed)
     return ds
+
+
+def latent_dataset(cfg) -> Dataset:
+    """The latent cache at ``data.path`` (its clips as they were encoded: no striding, no joint images)."""
+    from kinema.data.latents import LatentDataset
+
+    if not cfg.path:
+        raise ValueError("data.dataset=latents needs data.path=<a latent cache written by kinema encode>")
+    if cfg.image_fraction > 0:
+        raise ValueError(f"data.dataset=latents holds clips only; data.image_fraction={cfg.image_fraction} is not "
+                         f"supported with it: set data.image_fraction=0")
+    return LatentDataset(cfg.path)
 
 
 class StridedFrames(Dataset):

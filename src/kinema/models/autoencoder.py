@@ -181,8 +181,8 @@ class CausalConv3d(nn.Module):
             past = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
         padded = torch.cat([past, x], dim=2)  # [B, C, P + F, H, W]
         out = self.conv(padded)
-        if cache is not None:
-            cache[self] = padded[:, :, out.shape[2] * self.time_stride:]
+        if cache is not None:  # a copy of the few frames kept, not a view that would keep all of `padded` alive
+            cache[self] = padded[:, :, out.shape[2] * self.time_stride:].clone()
         return out
 
 
@@ -438,7 +438,15 @@ class CausalAE(nn.Module):
         if c == 0:
             return self.decoder(latents)
         cache: dict = {}
-        return torch.cat([self.decoder(part, cache) for part in latents.split(c, dim=2)], dim=2)
+        out, start = None, 0
+        for part in latents.split(c, dim=2):  # each chunk into one preallocated output (no list + cat: 1x, not 2x)
+            video = self.decoder(part, cache)
+            if out is None:
+                frames = 1 + self.temporal_factor * (latents.shape[2] - 1)
+                out = video.new_empty(*video.shape[:2], frames, *video.shape[3:])
+            out[:, :, start:start + video.shape[2]] = video
+            start += video.shape[2]
+        return out
 
 
 @torch.no_grad()

@@ -36,11 +36,12 @@ from kinema.diffusion.superres import degrade
 from kinema.data.factory import build_dataset
 from kinema.data.io import write_video
 from kinema.data.joint import check_joint_conditioning
+from kinema.data.latents import LATENTS
 from kinema.data.loader import collate, infinite_batches
 from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import lowres_conditioning, make_conditioning, sample_videos
-from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
-                           config_section, named_trainable_parameters, resolve_device)
+from kinema.system import (AUTOENCODER, MODEL, System, autocast, autocast_dtype, build_model, build_objective,
+                           build_system, config_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
                                      gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
                                      world_size)
@@ -72,10 +73,11 @@ def lr_factor(step: int, warmup_steps: int, schedule: str = "constant", total_st
 
 def batch_to_inputs(batch: dict, device: torch.device, *, encode_text: Optional[Callable] = None,
                     class_key: Optional[str] = None) -> tuple[torch.Tensor, Conditioning]:
-    """Video ``[B, C, F, H, W]`` and its Conditioning from a collated data batch: frame segments;
+    """Video ``[B, C, F, H, W]`` (or cached latents, ``batch["latents"]``) and its Conditioning from a collated
+    data batch: frame segments;
     with ``encode_text`` (captions -> ``(text_emb, text_mask)``) the embeddings of ``batch["caption"]``;
     with ``class_key`` the class labels ``batch[class_key]`` ``[B]``."""
-    x = batch["video"].to(device, non_blocking=True)
+    x = batch[LATENTS if LATENTS in batch else "video"].to(device, non_blocking=True)
     segments = batch.get("frame_segments")
     cond = Conditioning(frame_segments=segments.to(device) if segments is not None else None)
     if encode_text is not None:
@@ -173,6 +175,14 @@ class Trainer:
     # ---- setup helpers -----------------------------------------------------------------------------
 
     def _check_channels(self, item: dict) -> None:
+        if LATENTS in item:  # a latent cache: written by the model's autoencoder, in its latent shape
+            if self.system.is_sr_stage:  # its low-res input is derived from the pixel clip, which a cache lacks
+                raise ValueError("data.dataset=latents holds no pixel clips, but this model is a super-resolution "
+                                 "stage (sr.spatial_factor / sr.temporal_factor > 1) whose low-res input is derived "
+                                 "from them; train it on videos (encoded on the fly)")
+            part = self.system.parts.get(AUTOENCODER)
+            self.dataset.check_fits(None if part is None else (part.source, part.sha256), self.system.space.shape())
+            return
         spec, channels = self.system.spec, item["video"].shape[0]
         if self.cfg.model.space != "pixel":  # the space knows what its encoder takes
             self.system.space.check_channels(channels, f"dataset '{self.cfg.data.dataset}'")
@@ -276,9 +286,12 @@ class Trainer:
     def loss(self, batch: dict) -> torch.Tensor:
         """The objective's loss on one micro-batch (under bf16 autocast on CUDA)."""
         with autocast(self.device, self.amp):
-            pixels, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
-            x = self.system.space.encode(pixels, cond.frame_segments)  # a joint item: each segment on its own
-            cond.frame_segments = self.system.space.latent_segments(cond.frame_segments)
+            x, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
+            pixels = None  # cached latents (data.dataset=latents) have no pixel clip
+            if LATENTS not in batch:  # cached latents are already in the model's space
+                pixels = x
+                x = self.system.space.encode(pixels, cond.frame_segments)  # a joint item: each segment on its own
+                cond.frame_segments = self.system.space.latent_segments(cond.frame_segments)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             loss, _ = self.objective({**self.frozen, MODEL: self.net}, TrainBatch(x, cond, batch, pixels),
