@@ -234,11 +234,13 @@ def diffusion_loss(
 @dataclass
 class TrainBatch:
     """What an objective gets per micro-batch: ``x [B, C, F, H, W]`` (data already in the model's space),
-    its ``cond``, and the collated ``data`` dict it came from (captions, labels, raw pixels, ...)."""
+    its ``cond``, the collated ``data`` dict it came from (captions, labels, raw pixels, ...) and the
+    optimizer ``step`` it trains (for terms that switch on later, e.g. a discriminator's ``disc_start``)."""
 
     x: Tensor
     cond: Any
     data: dict
+    step: int = 0
 
 
 class BatchRandom(Protocol):
