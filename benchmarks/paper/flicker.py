@@ -50,13 +50,20 @@ def scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict:
 
 def train(preset: str, out_dir: Path, steps: int, extra: dict) -> tuple[str, float]:
     """Train ``preset`` into ``out_dir`` for ``steps`` steps; (run directory, seconds)."""
-    overrides = {"train.out_dir": str(out_dir), "train.steps": steps, "train.ckpt_every": steps,
+    overrides = {"train.out_dir": str(out_dir), "train.steps": steps, "train.ckpt_every": max(1, steps // 4),
                  "train.sample_every": 0, "train.progress": False, "train.tensorboard": False,
                  "train.log_every": max(1, steps // 10), **extra}
     cfg = load_config(preset, [f"{k}={v}" for k, v in overrides.items()])
     start = time.time()
     Trainer(cfg, overwrite=True).fit()
     return str(out_dir), time.time() - start
+
+
+def td_overrides(args, image_ae: str) -> dict:
+    extra = {"model.temporal_decoder.base_path": image_ae, "train.autoencoder.disc": args.disc}
+    if args.disc_start is not None:
+        extra["train.autoencoder.disc_start"] = args.disc_start
+    return extra
 
 
 @torch.no_grad()
@@ -68,6 +75,7 @@ def main() -> None:
     p.add_argument("--image-ae", default=None, help="a trained image autoencoder (skip its training)")
     p.add_argument("--temporal-decoder", default=None, help="a trained temporal decoder (skip its training)")
     p.add_argument("--disc", default="3d", choices=["none", "2d", "3d"], help="the temporal decoder's discriminator")
+    p.add_argument("--disc-start", type=int, default=None, help="the temporal decoder's disc_start (default: preset)")
     p.add_argument("--out", default="runs/paper/flicker")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
@@ -83,15 +91,14 @@ def main() -> None:
     if tdec is None:
         with torch.enable_grad():
             tdec, seconds["temporal_decoder"] = train("temporal_decoder_bouncing_shapes", out / "temporal_decoder",
-                                                      args.td_steps, {"model.temporal_decoder.base_path": image_ae,
-                                                                      "train.autoencoder.disc": args.disc})
+                                                      args.td_steps, td_overrides(args, image_ae))
     ae, td = load_autoencoder(image_ae).module, load_autoencoder(tdec).module
     data = BouncingShapes(num_frames=8, size=32, length=1_000_000, seed=12345)  # training used seed 0
     x = torch.stack([data[i]["video"] for i in range(args.clips)])  # [N, 3, 8, 32, 32]
     z = ae.encode(x)
     assert torch.equal(td.encode(x), z)  # the temporal decoder keeps the image encoder: one latent space
     result = {"benchmark": "flicker", "clips": args.clips, "frames": 8, "size": 32, "ae_steps": args.ae_steps,
-              "td_steps": args.td_steps, "disc": args.disc, "real_flicker": flicker(x),
+              "td_steps": args.td_steps, "disc": args.disc, "disc_start": args.disc_start, "real_flicker": flicker(x),
               "image_ae": scores(ae.decode(z), x), "temporal_decoder": scores(td.decode(z), x),
               "alphas": [round(float(m.alpha), 4) for m in td.temporal], "train_seconds": seconds,
               "threads": torch.get_num_threads()}
