@@ -51,9 +51,8 @@ from kinema.pipelines.sample import lowres_conditioning, make_conditioning, samp
 from kinema.system import (MODEL, System, autocast, autocast_dtype, build_model, build_objective, build_system,
                            config_section, named_trainable_parameters, resolve_device)
 from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, average_gradients, barrier,
-                                     full_tensor,
-                                     gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
-                                     world_size)
+                                     full_tensor, gather_objects, init_from_env, is_main, local_slice, print0, rank,
+                                     wrap_for_parallel, world_size)
 from kinema.train.ema import EMA
 from kinema.train.progress import BudgetBar
 from kinema.train.rundir import config_changes, locked_fit, prepare_run_dir
