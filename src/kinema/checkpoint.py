@@ -55,11 +55,13 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_state: Optional[dict],
                     trainer_state: dict, config_yaml: str, meta: Optional[dict] = None,
-                    parts: Optional[dict] = None, keep_last: int = 3) -> Path:
+                    parts: Optional[dict] = None, keep_last: int = 3,
+                    part_states: Optional[dict[str, dict]] = None) -> Path:
     """Write checkpoint ``step`` under ``run_dir/ckpt`` atomically; keep the newest ``keep_last``.
 
     ``model_state`` / ``ema_state``: the ``model`` part and the EMA of its trainable parameters;
-    ``parts``: the manifest entries of every part (``System.manifest()``)."""
+    ``parts``: the manifest entries of every part (``System.manifest()``); ``part_states``: the tensors
+    of the other trainable parts (e.g. ``discriminator``), each saved as ``<name>.safetensors``."""
     root = Path(run_dir) / "ckpt"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -73,6 +75,9 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model_state: dict, ema_st
     if ema_state is not None:
         save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
         manifest_parts["model"]["ema"] = "ema.safetensors"
+    for name, state in (part_states or {}).items():
+        save_file(_contiguous(state), str(tmp / f"{name}.safetensors"))
+        manifest_parts.setdefault(name, {"trainable": True})["weights"] = f"{name}.safetensors"
     torch.save(trainer_state, tmp / "trainer.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     info = {"format": FORMAT, "step": step, "kinema_version": __version__, **(meta or {}), "parts": manifest_parts}

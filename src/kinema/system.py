@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kinema import checkpoint as ckpt_io
-from kinema.autoencoding import AutoencoderObjective
+from kinema.autoencoding import DISCRIMINATOR, AutoencoderObjective
 from kinema.config import ConfigError, KinemaConfig
 from kinema.diffusion.context import ContextFrames, check_context_config
 from kinema.diffusion.distill import DistillationObjective
@@ -43,7 +43,7 @@ from kinema.spaces import build_space
 
 MODEL = "model"  # the name of the trained part
 TEACHER = "teacher"  # the frozen teacher of a distillation run (train.objective=distill)
-TRAINING_ONLY = (TEACHER,)  # frozen parts that sampling from a checkpoint does not need
+TRAINING_ONLY = (TEACHER, DISCRIMINATOR)  # parts that sampling from a checkpoint does not need
 AUTOENCODER = "autoencoder"  # the frozen autoencoder of a latent space
 
 
@@ -94,9 +94,10 @@ def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None
     or that of a backbone built from ``cfg``."""
     d, t = cfg.diffusion, cfg.train
     check_objective(cfg)
-    if t.objective == "autoencoder":
+    if t.objective == "autoencoder":  # a wrapper of a frozen autoencoder has no geometry in its config: the model's
         ae = cfg.model.backbone
-        return AutoencoderObjective(t.autoencoder, ae.latent_channels, ae.spatial_factor, ae.temporal_factor)
+        return AutoencoderObjective(t.autoencoder, getattr(ae, "latent_channels", None),
+                                    getattr(ae, "spatial_factor", None), getattr(ae, "temporal_factor", None))
     spec = spec or backbone_spec(build_backbone(cfg.model.name, cfg.model.backbone))
     if t.objective == "distill":
         return build_distillation_objective(cfg, _sr_hooks(cfg, spec))
@@ -230,6 +231,7 @@ class Part:
     trainable: bool
     source: Optional[str] = None
     sha256: Optional[str] = None
+    lr: Optional[float] = None  # a trainable part's learning rate (None: train.lr)
 
     def manifest(self) -> dict:
         entry: dict = {"trainable": self.trainable}
@@ -356,6 +358,8 @@ def build_system(cfg: KinemaConfig, *, frozen_hashes: bool = True, training: boo
     for name, (module, source) in backbone_frozen_parts(model).items():  # e.g. Video LDM's image model
         parts[name] = Part(module, trainable=False, source=source,
                            sha256=ckpt_io.hash_path(source) if frozen_hashes else None)
+    if training:
+        parts.update(objective_parts(cfg, spec))
     system = System(cfg, parts)
     if cfg.model.space != "pixel" and cfg.train.context.enabled:  # context frames count latent frames
         check_context_config(cfg.train.context, system.space.shape()[1], spec.in_channels, spec.extra_in_channels,
@@ -380,6 +384,19 @@ def check_latent_sr_config(cfg: KinemaConfig, spec: BackboneSpec, autoencoder: V
                           f"{autoencoder.temporal_factor}: its latent frames are not pixel frames, so the low-resolution "
                           f"frames do not line up with them; use a frame-wise autoencoder (temporal_factor 1) or a "
                           f"pixel-space SR stage (model.space=pixel)")
+
+
+def objective_parts(cfg: KinemaConfig, spec: BackboneSpec) -> dict[str, Part]:
+    """The extra trainable parts the objective of ``cfg`` trains next to ``model`` (training only; each
+    gets its own optimizer): the patch discriminator of ``train.autoencoder.disc``."""
+    ae = cfg.train.autoencoder
+    disc = ae.discriminator(spec.in_channels) if cfg.train.objective == "autoencoder" else None
+    if disc is None:
+        return {}
+    if cfg.data.size < 2 ** (ae.disc_layers + 2):
+        raise ConfigError(f"train.autoencoder.disc_layers={ae.disc_layers} halves data.size={cfg.data.size} too often "
+                          f"(the patch discriminator needs data.size >= {2 ** (ae.disc_layers + 2)}); lower disc_layers")
+    return {DISCRIMINATOR: Part(disc, trainable=True, lr=ae.disc_lr)}
 
 
 def load_autoencoder(path: Optional[str], *, frozen_hashes: bool = True) -> Part:
@@ -448,4 +465,4 @@ def load_system(path: str | Path, *, ema: bool = True, device: str | torch.devic
 __all__ = ["AUTOENCODER", "MODEL", "TEACHER", "Part", "System", "autocast", "autocast_dtype", "build_model",
            "build_objective", "build_schedule", "build_system", "build_teacher", "check_latent_sr_config",
            "check_objective", "distilled_steps", "load_autoencoder", "load_diffusers_autoencoder", "load_system",
-           "named_trainable_parameters", "resolve_device", "takes_guidance_weight"]
+           "named_trainable_parameters", "objective_parts", "resolve_device", "takes_guidance_weight"]

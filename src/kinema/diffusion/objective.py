@@ -234,13 +234,15 @@ def diffusion_loss(
 @dataclass
 class TrainBatch:
     """What an objective gets per micro-batch: ``x [B, C, F, H, W]`` (data already in the model's space),
-    its ``cond``, and the collated ``data`` dict it came from (captions, labels, raw pixels, ...).
+    its ``cond``, the collated ``data`` dict it came from (captions, labels, raw pixels, ...) and the
+    optimizer ``step`` it trains (for terms that switch on later, e.g. a discriminator's ``disc_start``).
     ``pixels``: the clip in pixels before the space encoded it (the trainer sets it; None: ``x`` is
     the pixels). Hooks that declare ``reads_pixels`` get it instead of ``x`` (:func:`hook_input`)."""
 
     x: Tensor
     cond: Any
     data: dict
+    step: int = 0
     pixels: Optional[Tensor] = None
 
 

@@ -376,6 +376,10 @@ class CausalAE(nn.Module):
         return causal_latent_shape(frames, height, width, channels=self.latent_channels,
                                    spatial_factor=self.spatial_factor, temporal_factor=self.temporal_factor)
 
+    def last_layer_weight(self) -> Tensor:
+        """The decoder's last layer (for VQGAN's adaptive weight of an adversarial term)."""
+        return self.decoder.conv_out.conv.weight
+
     def _check(self, video: Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != self.in_channels:
             raise ValueError(f"the autoencoder takes [B, {self.in_channels}, F, H, W] videos, got {tuple(video.shape)}")

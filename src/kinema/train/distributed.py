@@ -87,6 +87,17 @@ def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
     return _all_reduce(value, dist.ReduceOp.MAX)
 
 
+def average_gradients(params) -> None:
+    """Average the ``.grad`` of ``params`` over ranks in place (for a part not wrapped in DDP / FSDP, e.g. a
+    discriminator); nothing with one process. Every rank must call it with the same parameters."""
+    if not is_initialized():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world_size())
+
+
 def gather_objects(obj) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` with one process).
     Uses pickle over the process group: only for kinema's own small state (RNG states)."""

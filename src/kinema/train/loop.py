@@ -7,6 +7,15 @@ clipping and accumulation, an EMA of the weights, bf16 autocast on CUDA (fp32 on
 checkpoints and exact resume, JSONL / TensorBoard logs, a progress bar, preview GIFs and a
 loss-curve PNG. A NaN/inf loss stops the run with a message naming the step.
 
+Several trainable parts (an objective's ``discriminator`` next to ``model``; see
+:func:`kinema.system.objective_parts`): each has its own AdamW (at its ``Part.lr``, or ``train.lr``) and
+gradient clipping. The objective then returns ``{part: loss}`` and each loss is back-propagated into its
+own part's parameters only (``backward(inputs=...)``), so the generator's loss never moves the
+discriminator and the other way round; a part without a loss in a step is not stepped. The EMA follows
+``model`` only; the other parts' gradients are averaged over processes by hand (they are not wrapped in
+DDP / FSDP). Checkpoints hold every trainable part and its optimizer state. An objective that returns one
+tensor trains ``model`` exactly as before.
+
 Under ``torchrun`` the same code trains data-parallel (``train.parallel``: DDP, or FSDP2 sharding);
 ``train.batch_size`` is the global batch, and N processes produce the weights one process would
 (noise and times are drawn for the global batch, see :meth:`Trainer.draw_global`). Checkpoints are
@@ -42,9 +51,9 @@ from kinema.models.text import TextConditioned
 from kinema.pipelines.sample import lowres_conditioning, make_conditioning, sample_videos
 from kinema.system import (AUTOENCODER, MODEL, System, autocast, autocast_dtype, build_model, build_objective,
                            build_system, config_section, named_trainable_parameters, resolve_device)
-from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, barrier, full_tensor,
-                                     gather_objects, init_from_env, is_main, local_slice, print0, rank, wrap_for_parallel,
-                                     world_size)
+from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce_mean, average_gradients, barrier,
+                                     full_tensor, gather_objects, init_from_env, is_main, local_slice, print0, rank,
+                                     wrap_for_parallel, world_size)
 from kinema.train.ema import EMA
 from kinema.train.progress import BudgetBar
 from kinema.train.rundir import config_changes, locked_fit, prepare_run_dir
@@ -114,6 +123,7 @@ class GlobalRandom:
 class StepOutput:
     loss: torch.Tensor  # scalar on device, detached (no host sync)
     grad_norm: torch.Tensor
+    part_losses: Optional[dict] = None  # other trainable parts' losses this step (name -> detached scalar)
 
 
 class Trainer:
@@ -143,6 +153,7 @@ class Trainer:
         self.system = build_system(cfg).to(self.device)  # every part, frozen ones too
         self.model = self.system.model
         self.frozen = {name: part.module for name, part in self.system.frozen().items()}
+        self.parts = {name: part for name, part in self.system.trainable().items() if name != MODEL}  # e.g. a discriminator
         if rank() > 0:
             torch.manual_seed(t.seed + rank())  # but each rank its own dropout stream
         if t.channels_last:
@@ -161,18 +172,25 @@ class Trainer:
         if last is not None:  # whole weights go in before the model is sharded
             self._manifest = ckpt_io.load_manifest(last)
             ckpt_io.check_frozen_parts(self._manifest, self.system.manifest(), last)
-            state = ckpt_io.load_part_state(last, MODEL, ema=False, manifest=self._manifest)
-            ckpt_io.load_model_state(self.model, state, last)
+            for name, module in {MODEL: self.model, **{k: p.module for k, p in self.parts.items()}}.items():
+                state = ckpt_io.load_part_state(last, name, ema=False, manifest=self._manifest)
+                ckpt_io.load_model_state(module, state, last)
         self.net = self._wrap_model()
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)  # trainable parameters only
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW([p for _, p in named_trainable_parameters(self.model)], lr=t.lr,
-                                           betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, fused=fused)
+        self.optimizer = self._adamw(self.model, t.lr)
+        self.optimizers = {MODEL: self.optimizer,  # one per trainable part, each at its own base lr
+                           **{k: self._adamw(p.module, t.lr if p.lr is None else p.lr) for k, p in self.parts.items()}}
+        self.base_lr = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
         if last is not None:
             self._resume(last)
         self.history: list[dict] = []
 
     # ---- setup helpers -----------------------------------------------------------------------------
+
+    def _adamw(self, module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+        t = self.cfg.train
+        return torch.optim.AdamW([p for _, p in named_trainable_parameters(module)], lr=lr, betas=(t.beta1, t.beta2),
+                                 weight_decay=t.weight_decay, fused=self.device.type == "cuda")
 
     def _check_channels(self, item: dict) -> None:
         if LATENTS in item:  # a latent cache: written by the model's autoencoder, in its latent shape
@@ -252,6 +270,8 @@ class Trainer:
         self.ema.load_state_dict(ckpt_io.load_part_state(last, MODEL, ema=True, manifest=self._manifest))
         state = ckpt_io.load_trainer_state(last)
         load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        for name, part in self.parts.items():
+            load_optimizer_state(part.module, self.optimizers[name], state["part_optimizers"][name])
         self.step = int(state["step"])
         self.generator.set_state(state["generators"][0])
         rngs = state.get("torch_rngs", [state["torch_rng"]])
@@ -284,7 +304,12 @@ class Trainer:
         return self.draw_global(lambda m: torch.rand(m, generator=self.generator, device=self.device))
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """The objective's loss on one micro-batch (under bf16 autocast on CUDA)."""
+        """The objective's loss of ``model`` on one micro-batch (under bf16 autocast on CUDA)."""
+        return self.part_losses(batch)[MODEL]
+
+    def part_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The objective's loss per trainable part on one micro-batch (``{"model": loss}`` for an objective
+        that returns one tensor), under bf16 autocast on CUDA."""
         with autocast(self.device, self.amp):
             x, cond = self.inputs(batch)  # the built-in text encoder runs here, inside the graph
             pixels = None  # cached latents (data.dataset=latents) have no pixel clip
@@ -294,31 +319,58 @@ class Trainer:
                 cond.frame_segments = self.system.space.latent_segments(cond.frame_segments)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            loss, _ = self.objective({**self.frozen, MODEL: self.net}, TrainBatch(x, cond, batch, pixels),
-                                     self.random)
-        return loss
+            parts = {**self.frozen, **{k: p.module for k, p in self.parts.items()}, MODEL: self.net}
+            loss, _ = self.objective(parts, TrainBatch(x, cond, batch, self.step, pixels), self.random)
+        losses = loss if isinstance(loss, dict) else {MODEL: loss}
+        unknown = sorted(set(losses) - set(self.optimizers))
+        if unknown or MODEL not in losses:
+            raise ValueError(f"the objective returned losses for {sorted(losses)}; the trainable parts are "
+                             f"{sorted(self.optimizers)} and '{MODEL}' needs one")
+        return losses
+
+    def _backward(self, losses: dict[str, torch.Tensor]) -> None:
+        """Back-propagate each part's loss into that part's parameters only (one loss: plain backward)."""
+        if len(losses) == 1:
+            losses[MODEL].backward()
+            return
+        names = list(losses)
+        for i, name in enumerate(names):
+            params = [p for group in self.optimizers[name].param_groups for p in group["params"]]
+            torch.autograd.backward(losses[name], inputs=params, retain_graph=i < len(names) - 1)
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
-        """One optimizer step over ``grad_accum`` micro-batches. No host synchronization."""
+        """One optimizer step of every trainable part over ``grad_accum`` micro-batches. No host
+        synchronization."""
         t = self.cfg.train
         self.model.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, t.lr_schedule, t.steps, t.lr_min_ratio)
-        total = torch.zeros((), device=self.device)
+        for part in self.parts.values():
+            part.module.train()
+        factor = lr_factor(self.step, t.warmup_steps, t.lr_schedule, t.steps, t.lr_min_ratio)
+        for name, optimizer in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = self.base_lr[name] * factor
+        totals: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1 or self.world == 1
             ctx = _no_gradient_sync(self.net, self.model) if not sync else nullcontext()
             with ctx:
-                loss = self.loss(batch) / len(micro_batches)
-                loss.backward()
-            total = total + loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   t.grad_clip if t.grad_clip > 0 else float("inf"))
+                losses = {k: v / len(micro_batches) for k, v in self.part_losses(batch).items()}
+                self._backward(losses)
+            for name, loss in losses.items():
+                totals[name] = totals.get(name, torch.zeros((), device=self.device)) + loss.detach()
+        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for name in totals.keys() - {MODEL}:  # the other parts that had a loss this step
+            params = [p for group in self.optimizers[name].param_groups for p in group["params"]]
+            average_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            self.optimizers[name].step()
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, self.step)
         self.step += 1
-        return StepOutput(total, grad_norm)
+        return StepOutput(totals[MODEL], grad_norm, {k: v for k, v in totals.items() if k != MODEL})
 
     # ---- the loop ------------------------------------------------------------------------------------
 
@@ -336,6 +388,7 @@ class Trainer:
                    dynamic_ncols=True)
         bar = BudgetBar(bar, t.steps, t.minutes)  # total and ETA against whichever of steps / minutes ends first
         loss_sum = torch.zeros((), device=self.device)
+        part_sums: dict[str, torch.Tensor] = {}  # other parts' losses (steps without one count as 0)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         window_start, window_steps = time.time(), 0
         stopped_early = False
@@ -343,6 +396,9 @@ class Trainer:
             while self.step < t.steps:
                 out = self.train_step([next(stream) for _ in range(t.grad_accum)])
                 bad = ~torch.isfinite(out.loss)
+                for name, value in (out.part_losses or {}).items():
+                    bad = bad | ~torch.isfinite(value)
+                    part_sums[name] = part_sums.get(name, torch.zeros((), device=self.device)) + value
                 first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, self.step), first_bad)
                 loss_sum = loss_sum + out.loss
                 window_steps += 1
@@ -358,6 +414,8 @@ class Trainer:
                               "steps_per_s": window_steps / max(elapsed, 1e-9),
                               "videos_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
                               "time": time.time() - start}
+                    record.update({f"loss_{k}": all_reduce_mean(v / window_steps).item() for k, v in part_sums.items()})
+                    part_sums.clear()
                     self.history.append(record)
                     logger.log(record)
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
@@ -412,19 +470,23 @@ class Trainer:
         model_state = self._model_state()
         ema_state = self.ema.state_dict(full=True)
         optim_state = optimizer_state(self.model, self.optimizer)
+        part_optim = {k: optimizer_state(p.module, self.optimizers[k]) for k, p in self.parts.items()}
         rngs = gather_objects(torch.get_rng_state())
         cuda_rngs = gather_objects(torch.cuda.get_rng_state()) if self.device.type == "cuda" else []
         path = None
         if is_main():
             state = {"step": self.step, "optimizer": optim_state, "generators": [self.generator.get_state()],
                      "torch_rng": rngs[0], "torch_rngs": rngs, "world_size": self.world}
+            if part_optim:
+                state["part_optimizers"] = part_optim
             if cuda_rngs:
                 state["cuda_rng"], state["cuda_rngs"] = cuda_rngs[0], cuda_rngs
             path = ckpt_io.save_checkpoint(self.out_dir, self.step, model_state=model_state, ema_state=ema_state,
                                            trainer_state=state, config_yaml=to_yaml(self.cfg),
                                            meta={"model": self.cfg.model.name, "world_size": self.world,
                                                  "parallel": self.parallel},
-                                           parts=self.system.manifest(), keep_last=self.cfg.train.keep_last)
+                                           parts=self.system.manifest(), keep_last=self.cfg.train.keep_last,
+                                           part_states={k: p.module.state_dict() for k, p in self.parts.items()})
         barrier()
         return path
 
