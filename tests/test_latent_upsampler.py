@@ -58,7 +58,7 @@ def test_lowres_comes_from_the_pixel_clip_at_the_pixel_grid_not_from_the_latents
     z = system.space.encode(pixels)
     assert z.shape == (2, 4, 4, 8, 8)
     for latents in (z, torch.randn_like(z)):  # other latents, same pixels: the same low-res input
-        loss, _ = objective({"model": net}, TrainBatch(latents, Conditioning(), {}, pixels),
+        loss, _ = objective({"model": net}, TrainBatch(latents, Conditioning(), {}, pixels=pixels),
                             LocalRandom(torch.Generator().manual_seed(1), 2))
         assert torch.isfinite(loss)
     assert seen[0].shape == (2, 3, 4, 8, 8), "low-res pixels, 3 channels, on the 8x8 latent grid"

@@ -291,6 +291,22 @@ class AutoencoderOutput(NamedTuple):
     logvar: Tensor  # [B, Cl, F', H', W'] posterior log-variance
 
 
+def encode_decode_runs(posterior, decode, video: Tensor, runs: Sequence[int],
+                       noise: Optional[Tensor]) -> AutoencoderOutput:
+    """The training pass of a KL autoencoder over a video split into ``runs`` of frames (a joint item's
+    clip, then each image): each run encoded on its own by ``posterior(part) -> (mean, logvar)``, the
+    latents concatenated along time (``noise`` of their shape samples the posterior; None: the mean),
+    and decoded run by run by ``decode(latents)``."""
+    posteriors = [posterior(part) for part in video.split(list(runs), dim=2)]
+    mean = torch.cat([m for m, _ in posteriors], dim=2)
+    logvar = torch.cat([v for _, v in posteriors], dim=2)
+    if noise is not None and noise.shape != mean.shape:
+        raise ValueError(f"noise must have the latents' shape {tuple(mean.shape)}, got {tuple(noise.shape)}")
+    z = mean if noise is None else posterior_sample(mean, logvar, noise)
+    recon = torch.cat([decode(part) for part in z.split([m.shape[2] for m, _ in posteriors], dim=2)], dim=2)
+    return AutoencoderOutput(recon, mean, logvar)
+
+
 class CausalEncoder(nn.Module):
     def __init__(self, cfg: CausalAEConfig) -> None:
         super().__init__()
@@ -396,14 +412,7 @@ class CausalAE(nn.Module):
         for n in runs:
             self.latent_shape(n, *video.shape[3:])  # every run must be 1 + k * temporal_factor frames
         self._check(video[:, :, :runs[0]])
-        posteriors = [self.posterior(part) for part in video.split(runs, dim=2)]
-        mean = torch.cat([m for m, _ in posteriors], dim=2)
-        logvar = torch.cat([v for _, v in posteriors], dim=2)
-        if noise is not None and noise.shape != mean.shape:
-            raise ValueError(f"noise must have the latents' shape {tuple(mean.shape)}, got {tuple(noise.shape)}")
-        z = mean if noise is None else posterior_sample(mean, logvar, noise)
-        lat_runs = [m.shape[2] for m, _ in posteriors]
-        recon = torch.cat([self.decoder(part) for part in z.split(lat_runs, dim=2)], dim=2)
+        recon, mean, logvar = encode_decode_runs(self.posterior, self.decoder, video, runs, noise)
         if self.training:
             self._update_latent_std(mean)
         return AutoencoderOutput(recon, mean, logvar)
@@ -469,5 +478,5 @@ def estimate_latent_std(ae: CausalAE, videos: Sequence[Tensor]) -> float:
 
 
 __all__ = ["AutoencoderOutput", "CausalAE", "CausalAEConfig", "CausalConv3d", "VideoAutoencoder",
-           "causal_latent_shape", "depth_to_time", "estimate_latent_std", "kl_divergence", "latent_frame_segments",
+           "causal_latent_shape", "depth_to_time", "encode_decode_runs", "estimate_latent_std", "kl_divergence", "latent_frame_segments",
            "latent_frames", "latent_size", "posterior_sample", "segment_runs"]

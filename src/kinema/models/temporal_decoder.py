@@ -49,7 +49,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from kinema.models.autoencoder import (LOGVAR_RANGE, AutoencoderOutput, CausalAE, CausalResBlock, posterior_sample,
+from kinema.models.autoencoder import (LOGVAR_RANGE, AutoencoderOutput, CausalAE, CausalResBlock, encode_decode_runs,
                                        segment_runs)
 from kinema.models.backbone import BackboneSpec
 from kinema.models.blocks import zero_init_residual_outputs
@@ -214,15 +214,7 @@ class TemporalDecoder(nn.Module):
     def forward(self, video: Tensor, noise: Optional[Tensor] = None,
                 frame_segments: Optional[Tensor] = None) -> AutoencoderOutput:
         runs = segment_runs(frame_segments, video.shape[2])
-        posteriors = [self.posterior(part) for part in video.split(runs, dim=2)]
-        mean = torch.cat([m for m, _ in posteriors], dim=2)
-        logvar = torch.cat([v for _, v in posteriors], dim=2)
-        if noise is not None and noise.shape != mean.shape:
-            raise ValueError(f"noise must have the latents' shape {tuple(mean.shape)}, got {tuple(noise.shape)}")
-        z = mean if noise is None else posterior_sample(mean, logvar, noise)
-        recon = torch.cat([self._decode_clip(part) for part in z.split([m.shape[2] for m, _ in posteriors], dim=2)],
-                          dim=2)
-        return AutoencoderOutput(recon, mean, logvar)
+        return encode_decode_runs(self.posterior, self._decode_clip, video, runs, noise)
 
     def _decode_clip(self, latents: Tensor) -> Tensor:
         """One clip's latents -> pixels in one pass of the base decoder, with the temporal layers hooked in."""

@@ -320,7 +320,7 @@ class Trainer:
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             parts = {**self.frozen, **{k: p.module for k, p in self.parts.items()}, MODEL: self.net}
-            loss, _ = self.objective(parts, TrainBatch(x, cond, batch, self.step, pixels), self.random)
+            loss, _ = self.objective(parts, TrainBatch(x, cond, batch, step=self.step, pixels=pixels), self.random)
         losses = loss if isinstance(loss, dict) else {MODEL: loss}
         unknown = sorted(set(losses) - set(self.optimizers))
         if unknown or MODEL not in losses:
