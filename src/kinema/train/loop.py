@@ -335,8 +335,11 @@ class Trainer:
             return
         names = list(losses)
         for i, name in enumerate(names):
-            params = [p for group in self.optimizers[name].param_groups for p in group["params"]]
-            torch.autograd.backward(losses[name], inputs=params, retain_graph=i < len(names) - 1)
+            torch.autograd.backward(losses[name], inputs=self._part_params(name), retain_graph=i < len(names) - 1)
+
+    def _part_params(self, name: str) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer of trainable part ``name`` steps."""
+        return [p for group in self.optimizers[name].param_groups for p in group["params"]]
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
         """One optimizer step of every trainable part over ``grad_accum`` micro-batches. No host
@@ -362,7 +365,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         for name in totals.keys() - {MODEL}:  # the other parts that had a loss this step
-            params = [p for group in self.optimizers[name].param_groups for p in group["params"]]
+            params = self._part_params(name)
             average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizers[name].step()
