@@ -187,6 +187,23 @@ def test_extra_input_channels_from_lowres_and_context():
     assert torch.all(extra[:, 3, 0] == 1) and torch.all(extra[:, 3, 1:] == 0)
 
 
+def test_self_condition_reads_the_estimate_and_refuses_it_when_off():
+    model = randomize(UNet3D(tiny_cfg(self_condition=True)))
+    assert "self_cond" in model.spec.reads and model.conv_in.in_channels == 6
+    z = torch.randn(2, 3, 4, 8, 8)
+    x_hat = torch.randn_like(z)
+    none = model(z, torch.zeros(2))
+    torch.testing.assert_close(none, model(z, torch.zeros(2), Conditioning(self_cond=torch.zeros_like(z))))
+    changed = model(z, torch.zeros(2), Conditioning(self_cond=x_hat))
+    assert (changed - none).abs().amax() > 1e-3, "the estimate reaches the output"
+    with pytest.raises(ValueError, match="self_cond must have z's shape"):
+        model(z, torch.zeros(2), Conditioning(self_cond=x_hat[:, :, :2]))
+    plain = UNet3D(tiny_cfg())
+    assert "self_cond" not in plain.spec.reads
+    with pytest.raises(ValueError, match="model.unet.self_condition=false"):
+        plain(z, torch.zeros(2), Conditioning(self_cond=x_hat))
+
+
 def test_registry_and_parameter_count():
     model = build_backbone("unet3d", tiny_cfg())
     entry = backbone_entry("unet3d")

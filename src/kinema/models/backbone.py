@@ -17,11 +17,28 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 # Conditioning fields (kinema.conditioning.Conditioning) a backbone may read.
 CONDITIONING_FIELDS = ("text", "class_labels", "context", "lowres", "lowres_logsnr", "fps", "guidance_weight",
                        "frame_segments", "self_cond")
+
+
+def with_estimate(z: Tensor, x_hat: Optional[Tensor], enabled: bool, where: str) -> Tensor:
+    """A self-conditioned backbone's input (Chen et al. 2022, "Analog Bits", section 3): ``[z, x_hat]`` on
+    channels, ``x_hat`` (``cond.self_cond``, the previous estimate of the clean z) zeros when None ("no
+    estimate yet", their Algorithm 1). Without self-conditioning (``enabled`` False) ``z`` itself, and an
+    estimate is refused, naming ``where`` (the config key that turns it on)."""
+    if not enabled:
+        if x_hat is not None:
+            raise ValueError(f"cond.self_cond is set but this backbone was built without self-conditioning ({where}=false)")
+        return z
+    if x_hat is None:
+        x_hat = torch.zeros_like(z)
+    elif x_hat.shape != z.shape:
+        raise ValueError(f"cond.self_cond must have z's shape {tuple(z.shape)}, got {tuple(x_hat.shape)}")
+    return torch.cat([z, x_hat.to(z.dtype)], dim=1)
 
 
 @dataclass(frozen=True)

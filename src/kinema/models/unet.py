@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kinema.models.attention import SpatialAttention, TemporalAttention, TextCrossAttention
-from kinema.models.backbone import BackboneSpec
+from kinema.models.backbone import BackboneSpec, with_estimate
 from kinema.models.blocks import Downsample, ResBlock, TemporalConv, Upsample, group_norm, space_conv, zero_init_residual_outputs
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
@@ -61,6 +61,9 @@ class UNetConfig:
     gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
     norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
     scalar_conditions: tuple[str, ...] = ()  # embedded cond fields: lowres_logsnr | guidance_weight | fps
+    # Self-conditioning (Chen et al. 2022): conv_in also takes the previous estimate x_hat (cond.self_cond,
+    # in_channels more); the objective and the samplers then feed it (spec reads "self_cond")
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         self.dim_mults = tuple(self.dim_mults)
@@ -161,7 +164,7 @@ class UNet3D(nn.Module):
 
     ``forward(z [B, in_channels, F, H, W], logsnr [B], cond: Conditioning | None)
     -> [B, out_channels, F, H, W]``; H and W divisible by ``2 ** (len(dim_mults) - 1)``; any F >= 1.
-    Reads ``cond.class_labels`` (if ``num_classes > 0``; missing = the null label),
+    Reads ``cond.self_cond`` (if ``self_condition``; missing = zeros), ``cond.class_labels`` (if ``num_classes > 0``; missing = the null label),
     ``cond.text_emb`` + ``cond.text_mask`` (if ``text_dim > 0``; missing = the null text),
     ``cond.frame_segments`` (temporal masking), if ``extra_in_channels > 0`` ``cond.lowres``
     and/or ``cond.context`` (+ ``context_mask``, see
@@ -191,7 +194,8 @@ class UNet3D(nn.Module):
         dim, emb_dim = cfg.dim, 4 * cfg.dim
         self.embedding = ConditioningEmbedding(dim, emb_dim, num_classes=cfg.num_classes, text_dim=cfg.text_dim,
                                                scalars=cfg.scalar_conditions)
-        self.conv_in = space_conv(cfg.in_channels + cfg.extra_in_channels, dim)
+        estimate = cfg.in_channels if cfg.self_condition else 0  # channels of cond.self_cond
+        self.conv_in = space_conv(cfg.in_channels + estimate + cfg.extra_in_channels, dim)
 
         levels = len(cfg.dim_mults)
         chans = [dim * m for m in cfg.dim_mults]
@@ -265,6 +269,8 @@ class UNet3D(nn.Module):
         reads = ["frame_segments"] + (["class_labels"] if cfg.num_classes else []) + (["text"] if cfg.text_dim else [])
         if cfg.extra_in_channels:
             reads += ["lowres", "context"]
+        if cfg.self_condition:
+            reads.append("self_cond")
         return BackboneSpec(in_channels=cfg.in_channels, out_channels=cfg.output_channels,
                             extra_in_channels=cfg.extra_in_channels, text_dim=cfg.text_dim,
                             num_classes=cfg.num_classes, size_multiple=cfg.downsample_factor,
@@ -302,7 +308,8 @@ class UNet3D(nn.Module):
         cond = self.embedding.normalize_text(cond)
         emb = self.embedding(logsnr, cond, z.shape[0])  # [B, 4 dim]
         extra = conditioning_channels(z, cond, self.cfg.extra_in_channels, "UNet3D")
-        h = self.conv_in(z if extra is None else torch.cat([z, extra], dim=1))  # [B, dim, F, H, W]
+        z_in = with_estimate(z, getattr(cond, "self_cond", None), self.cfg.self_condition, "model.unet.self_condition")
+        h = self.conv_in(z_in if extra is None else torch.cat([z_in, extra], dim=1))  # [B, dim, F, H, W]
         skips = [h]
         for block in self.down:
             h = self._run(block, h, emb, cond)

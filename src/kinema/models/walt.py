@@ -63,7 +63,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from kinema.models.backbone import BackboneSpec
+from kinema.models.backbone import BackboneSpec, with_estimate
 from kinema.models.blocks import sinusoidal_embedding
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
@@ -336,17 +336,8 @@ class WALT(nn.Module):
 
     def with_estimate(self, z: Tensor, x_hat: Optional[Tensor]) -> Tensor:
         """The patch embedding's input: ``z`` alone, or with ``self_condition`` ``[z, x_hat]`` on channels
-        (``x_hat`` zeros when None: "no estimate yet", Chen et al. 2022, Algorithm 1)."""
-        if not self.cfg.self_condition:
-            if x_hat is not None:
-                raise ValueError("cond.self_cond is set but this WALT was built without self-conditioning "
-                                 "(model.walt.self_condition=false)")
-            return z
-        if x_hat is None:
-            x_hat = torch.zeros_like(z)
-        elif x_hat.shape != z.shape:
-            raise ValueError(f"cond.self_cond must have z's shape {tuple(z.shape)}, got {tuple(x_hat.shape)}")
-        return torch.cat([z, x_hat.to(z.dtype)], dim=1)
+        (:func:`~kinema.models.backbone.with_estimate`)."""
+        return with_estimate(z, x_hat, self.cfg.self_condition, "model.walt.self_condition")
 
     def forward(self, z: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         cfg = self.cfg
