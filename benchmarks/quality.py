@@ -5,10 +5,11 @@ and after each one samples ``--num`` videos from the EMA weights (seed 0, the pr
 prints one JSON line: minutes of training so far, steps, FVD against unseen clips of the same data
 (real I3D weights: `kinema assets fetch i3d`; clips shorter than 9 frames are repeated in time on both
 sides, see kinema.metrics.consistency.repeat_frames) and, for bouncing shapes, the temporal-consistency
-score (kinema.metrics.consistency). Beside each line it writes a PNG grid of the first 16 samples
+score (kinema.metrics.consistency). A text-conditional preset is sampled with `kinema demo`'s prompts
+(cycled; kinema.cli.DEMO_PROMPTS) at the preset's guidance weight, as the demo samples. Beside each line it writes a PNG grid of the first 16 samples
 (``point-K.png``, one row per video, one column per frame) so a reader can see what the numbers mean.
 
-    python benchmarks/quality.py                                  # the demo, 7 minutes, 4 points (CPU)
+    python benchmarks/quality.py                                  # `kinema demo`, 7 minutes, 4 points (CPU)
     python benchmarks/quality.py --preset vdm_moving_digits --minutes 60 --points 6 --num 256 \\
         data.path=~/mnist                                         # moving digits on a GPU, real MNIST
 
@@ -35,7 +36,8 @@ from kinema.metrics.consistency import consistency, repeat_frames
 from kinema.metrics.features import extract_features, preprocess_i3d
 from kinema.metrics.frechet import GaussianStats, frechet_from_stats
 from kinema.metrics.i3d import load_i3d
-from kinema.pipelines.sample import sample_videos
+from kinema.cli import DEMO_PROMPTS
+from kinema.pipelines.sample import make_conditioning, sample_videos
 from kinema.system import resolve_device
 from kinema.train.loop import Trainer
 
@@ -66,7 +68,7 @@ class FVD:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="demo")
+    p.add_argument("--preset", default="demo_text", help="default demo_text: what `kinema demo` trains")
     p.add_argument("--minutes", type=float, default=7.0, help="total training budget (default 7: the demo's cap)")
     p.add_argument("--points", type=int, default=4, help="evaluation points, at equal fractions of the budget")
     p.add_argument("--num", type=int, default=64, help="sampled videos per point")
@@ -95,7 +97,10 @@ def main() -> None:
         summary = trainer.fit()
         trained_s += summary["seconds"]
         start = time.perf_counter()
-        videos = sample_videos(trainer.ema_system(), args.num, seed=0, progress=False)
+        system = trainer.ema_system()
+        prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)] if system.spec.text_dim else None
+        cond = make_conditioning(system, args.num, prompts=prompts) if prompts else None
+        videos = sample_videos(system, args.num, seed=0, cond=cond, progress=False)
         sample_s = time.perf_counter() - start
         png = out / f"point-{k}.png"
         write_video(png, videos[:16])

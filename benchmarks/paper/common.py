@@ -25,8 +25,10 @@ from kinema.metrics.i3d import load_i3d
 from kinema.system import resolve_device
 from kinema.train.loop import Trainer
 
-SIZES = {  # smoke: minutes on 2 CPU cores; full: minutes on one GPU
+SIZES = {  # smoke: minutes on 2 CPU cores; cpu: about an hour per pair of runs on 2 cores; full: one GPU
     "smoke": {"dim": 8, "mults": "[1,2]", "attn": "[1]", "size": 32, "steps": 40, "batch": 2, "num": 8, "ref": 16},
+    "cpu": {"dim": 16, "mults": "[1,2,4]", "attn": "[1,2]", "size": 32, "steps": 1200, "batch": 4, "num": 64,
+            "ref": 128},
     "full": {"dim": 32, "mults": "[1,2,4]", "attn": "[1,2]", "size": 32, "steps": 3000, "batch": 16, "num": 128,
              "ref": 256},
 }
@@ -35,6 +37,8 @@ SIZES = {  # smoke: minutes on 2 CPU cores; full: minutes on one GPU
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny CPU-sized run (numbers are not meaningful)")
+    p.add_argument("--cpu", action="store_true", help="the largest size that is practical on a CPU (where the "
+                   "benchmark has one)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: by size)")
     p.add_argument("--num", type=int, default=None, help="generated clips per FVD (default: by size)")
     p.add_argument("--weights", default=None, help="I3D safetensors (default: the cached asset)")
@@ -44,9 +48,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def size_of(args, sizes: Optional[dict] = None) -> dict:
-    """The size table's entry for ``--smoke`` / full (``sizes``: default this module's SIZES) with
+    """The size table's entry for ``--smoke`` / ``--cpu`` / full (``sizes``: default this module's SIZES) with
     ``--steps`` / ``--num`` applied."""
-    s = dict((sizes or SIZES)["smoke" if args.smoke else "full"])
+    sizes = sizes or SIZES
+    key = "smoke" if args.smoke else "cpu" if getattr(args, "cpu", False) else "full"
+    if key not in sizes:
+        raise SystemExit(f"this benchmark has no --{key} size (it has: {', '.join(sizes)})")
+    s = dict(sizes[key])
     s["steps"] = args.steps or s["steps"]
     s["num"] = args.num or s["num"]
     return s
