@@ -27,7 +27,7 @@ from kinema.train.loop import Trainer
 
 SIZES = {  # smoke: minutes on 2 CPU cores; cpu: about an hour per pair of runs on 2 cores; full: one GPU
     "smoke": {"dim": 8, "mults": "[1,2]", "attn": "[1]", "size": 32, "steps": 40, "batch": 2, "num": 8, "ref": 16},
-    "cpu": {"dim": 16, "mults": "[1,2,4]", "attn": "[1,2]", "size": 32, "steps": 1200, "batch": 4, "num": 64,
+    "cpu": {"dim": 16, "mults": "[1,2,4]", "attn": "[1,2]", "size": 32, "steps": 600, "batch": 4, "num": 64,
             "ref": 128},
     "full": {"dim": 32, "mults": "[1,2,4]", "attn": "[1,2]", "size": 32, "steps": 3000, "batch": 16, "num": 128,
              "ref": 256},

@@ -1,7 +1,7 @@
 """VDM (Ho et al. 2022) section 4.2 ablation: joint image-video training vs video-only.
 
     python benchmarks/paper/joint_training.py --smoke      # CPU, minutes; numbers not meaningful
-    python benchmarks/paper/joint_training.py --cpu --seeds 0 1 --image-fractions 0 0.333   # CPU, ~2 h
+    python benchmarks/paper/joint_training.py --cpu --seeds 0 1 --image-fractions 0 0.333   # CPU, ~1.5 h on a free core
     python benchmarks/paper/joint_training.py              # GPU-sized
 
 Trains the same small VDM on 16-frame moving digits, video-only and with ``data.image_fraction`` of
@@ -31,8 +31,8 @@ def main() -> None:
     s = size_of(args)
     scorer = FVDScorer(args)
     fvds: dict[float, list[float]] = {}
-    for fraction in args.image_fractions:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: each finished seed is a complete comparison
+        for fraction in args.image_fractions:
             model, cfg, seconds = train(args, f"joint-{fraction:g}-seed{seed}",
                                         **{"data.image_fraction": fraction, "train.seed": seed})
             videos = sample_videos(model, s["num"], steps=args.sample_steps, sampler="ddim", seed=0)
