@@ -16,6 +16,7 @@ from kinema.cli import main
 from kinema.conditioning import Conditioning
 from kinema.config import ConfigError, load_config
 from kinema.models.autoencoder import CausalAE
+from kinema.pipelines.cascade import StageSettings, plan_cascade, run_cascade
 from kinema.pipelines.sample import sample_videos
 from kinema.spaces import LatentSpace
 from kinema.system import build_system, load_system
@@ -187,18 +188,23 @@ def test_tiny_walt_memorizes_one_latent_clip_and_samples_it_back(ae_ckpt, tmp_pa
     assert (videos - target).abs().mean() < 0.05, "and decodes to the clip's decoded video"
 
 
-def test_a_latent_base_hands_a_pixel_walt_sr_stage_its_decoded_video(ae_ckpt, tmp_path):
-    from kinema.pipelines.cascade import StageSettings, plan_cascade, run_cascade
+def cascade_with_lowres(base, top):
+    """Plan and run the two-stage cascade ``base -> top`` (2 steps each, no augmentation at the top) for one
+    video; returns (plan, low, high, the ``cond.lowres`` of every call of the top stage's model)."""
+    plan = plan_cascade([base, top])
+    seen = []
+    top.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
+    low, high = run_cascade([base, top], 1, keep=True, progress=False,
+                            settings=[StageSettings(steps=2), StageSettings(steps=2, aug=0.0)])
+    return plan, low, high, seen
 
+
+def test_a_latent_base_hands_a_pixel_walt_sr_stage_its_decoded_video(ae_ckpt, tmp_path):
     base = build_system(load_config(None, latent_overrides(tmp_path / "base", ae_ckpt)))  # 5 frames of 16^2
     ssr = build_system(load_config(None, latent_overrides(tmp_path / "ssr", ae_ckpt, **{
         "model.space": "pixel", "model.autoencoder": "null", "model.walt.in_channels": 3,
         "model.walt.extra_in_channels": 3, "data.size": 32, "sr.spatial_factor": 2})))
-    plan = plan_cascade([base, ssr])
+    plan, low, high, seen = cascade_with_lowres(base, ssr)
     assert plan[0].makes == (3, 5, 16) == plan[1].takes, "the base makes decoded 3-channel pixels, not latents"
-    seen = []
-    ssr.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
-    low, high = run_cascade([base, ssr], 1, keep=True, progress=False,
-                            settings=[StageSettings(steps=2), StageSettings(steps=2, aug=0.0)])
     assert low.shape == (1, 3, 5, 16, 16) and high.shape == (1, 3, 5, 32, 32)
     assert torch.equal(seen[0], low), "the SR stage reads the base's decoded output"

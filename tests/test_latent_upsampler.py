@@ -16,11 +16,11 @@ from kinema.config import load_config
 from kinema.data.io import write_video
 from kinema.diffusion.objective import LocalRandom, TrainBatch
 from kinema.diffusion.superres import degrade
-from kinema.pipelines.cascade import StageSettings, plan_cascade, run_cascade
 from kinema.pipelines.sample import lowres_conditioning
 from kinema.system import build_objective, build_system
 from kinema.train.loop import Trainer
 from test_autoencoder_training import TINY_AE, ae_overrides
+from test_latent_space import cascade_with_lowres
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +92,8 @@ def test_a_latent_base_hands_a_latent_upsampler_its_decoded_pixels(image_ae, tmp
         "model.unet.extra_in_channels": 0, "model.unet.scalar_conditions": "[]", "sr.spatial_factor": 1,
         "sr.aug_max": 0.0, "sr.sample_aug": 0.0}))
     up = build_system(upsampler_cfg(tmp_path / "u", image_ae))
-    plan = plan_cascade([base, up])
+    plan, low, high, seen = cascade_with_lowres(base, up)
     assert plan[0].makes == (3, 4, 8) == plan[1].takes
-    seen = []
-    up.model.register_forward_pre_hook(lambda m, args: seen.append(args[2].lowres))
-    low, high = run_cascade([base, up], 1, keep=True, progress=False,
-                            settings=[StageSettings(steps=2), StageSettings(steps=2, aug=0.0)])
     assert low.shape == (1, 3, 4, 8, 8) and high.shape == (1, 3, 4, 16, 16)
     assert torch.equal(seen[0], low), "the upsampler reads the base's decoded pixels, not its latents"
 

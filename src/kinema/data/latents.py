@@ -84,9 +84,7 @@ class CachePlan:
 
 def plain(value: Any, key: str) -> Any:
     """An item value as JSON (tensors and numpy values as numbers / lists), or a ValueError naming ``key``."""
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
+    if hasattr(value, "tolist"):  # tensors, numpy arrays and scalars
         return value.tolist()
     if isinstance(value, (list, tuple)):
         return [plain(v, key) for v in value]

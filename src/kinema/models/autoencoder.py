@@ -291,6 +291,27 @@ class AutoencoderOutput(NamedTuple):
     logvar: Tensor  # [B, Cl, F', H', W'] posterior log-variance
 
 
+def check_video_input(ae, video: Tensor) -> None:
+    """A ValueError unless ``video`` is ``[B, ae.in_channels, F, H, W]`` (the input of a VideoAutoencoder's encoder)."""
+    if video.ndim != 5 or video.shape[1] != ae.in_channels:
+        raise ValueError(f"the autoencoder takes [B, {ae.in_channels}, F, H, W] videos, got {tuple(video.shape)}")
+
+
+def check_latent_input(ae, latents: Tensor) -> None:
+    """A ValueError unless ``latents`` is ``[B, ae.latent_channels, F, H, W]`` (the input of its decoder)."""
+    if latents.ndim != 5 or latents.shape[1] != ae.latent_channels:
+        raise ValueError(f"the autoencoder decodes [B, {ae.latent_channels}, F, H, W] latents, got "
+                         f"{tuple(latents.shape)}")
+
+
+def resolve_chunk(default: int, chunk_frames: Optional[int]) -> int:
+    """The frames per chunk of an encode / decode call: ``chunk_frames``, or ``default`` when None; >= 0 (0: one pass)."""
+    c = default if chunk_frames is None else chunk_frames
+    if c < 0:
+        raise ValueError(f"chunk_frames must be >= 0 (0: one pass), got {c}")
+    return c
+
+
 def encode_decode_runs(posterior, decode, video: Tensor, runs: Sequence[int],
                        noise: Optional[Tensor]) -> AutoencoderOutput:
     """The training pass of a KL autoencoder over a video split into ``runs`` of frames (a joint item's
@@ -397,8 +418,7 @@ class CausalAE(nn.Module):
         return self.decoder.conv_out.conv.weight
 
     def _check(self, video: Tensor) -> None:
-        if video.ndim != 5 or video.shape[1] != self.in_channels:
-            raise ValueError(f"the autoencoder takes [B, {self.in_channels}, F, H, W] videos, got {tuple(video.shape)}")
+        check_video_input(self, video)
         self.latent_shape(*video.shape[2:])
 
     def posterior(self, video: Tensor, cache: Cache = None) -> tuple[Tensor, Tensor]:
@@ -421,18 +441,12 @@ class CausalAE(nn.Module):
     def _update_latent_std(self, mean: Tensor) -> None:
         self.latent_std.lerp_(mean.detach().std().to(self.latent_std.dtype), self.cfg.std_momentum)
 
-    def _chunk(self, chunk_frames: Optional[int]) -> int:
-        c = self.cfg.chunk_frames if chunk_frames is None else chunk_frames
-        if c < 0:
-            raise ValueError(f"chunk_frames must be >= 0 (0: one pass), got {c}")
-        return c
-
     def encode(self, video: Tensor, chunk_frames: Optional[int] = None) -> Tensor:
         """Posterior means ``[B, Cl, F', H', W']`` of ``video [B, C, F, H, W]`` in [-1, 1] (unscaled), in
         chunks of ``chunk_frames`` latent frames (default ``cfg.chunk_frames``; 0: one pass). Chunks
         are pixel frames ``[0, 1 + tf (c - 1))`` then ``tf c`` at a time, with the causal cache."""
         self._check(video)
-        c = self._chunk(chunk_frames)
+        c = resolve_chunk(self.cfg.chunk_frames, chunk_frames)
         if c == 0:
             return self.posterior(video)[0]
         tf, cache = self.temporal_factor, {}
@@ -444,10 +458,8 @@ class CausalAE(nn.Module):
     def decode(self, latents: Tensor, chunk_frames: Optional[int] = None) -> Tensor:
         """Videos ``[B, C, 1 + tf (F' - 1), H' sf, W' sf]`` from unscaled latents ``[B, Cl, F', H', W']``, in
         chunks of ``chunk_frames`` latent frames (default ``cfg.chunk_frames``; 0: one pass)."""
-        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"the autoencoder decodes [B, {self.latent_channels}, F, H, W] latents, got "
-                             f"{tuple(latents.shape)}")
-        c = self._chunk(chunk_frames)
+        check_latent_input(self, latents)
+        c = resolve_chunk(self.cfg.chunk_frames, chunk_frames)
         if c == 0:
             return self.decoder(latents)
         cache: dict = {}
@@ -478,5 +490,5 @@ def estimate_latent_std(ae: CausalAE, videos: Sequence[Tensor]) -> float:
 
 
 __all__ = ["AutoencoderOutput", "CausalAE", "CausalAEConfig", "CausalConv3d", "VideoAutoencoder",
-           "causal_latent_shape", "depth_to_time", "encode_decode_runs", "estimate_latent_std", "kl_divergence", "latent_frame_segments",
-           "latent_frames", "latent_size", "posterior_sample", "segment_runs"]
+           "causal_latent_shape", "check_latent_input", "check_video_input", "depth_to_time", "encode_decode_runs", "estimate_latent_std", "kl_divergence", "latent_frame_segments",
+           "latent_frames", "latent_size", "posterior_sample", "resolve_chunk", "segment_runs"]

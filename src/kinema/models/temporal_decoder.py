@@ -49,8 +49,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from kinema.models.autoencoder import (LOGVAR_RANGE, AutoencoderOutput, CausalAE, CausalResBlock, encode_decode_runs,
-                                       segment_runs)
+from kinema.models.autoencoder import (LOGVAR_RANGE, AutoencoderOutput, CausalAE, CausalResBlock, check_latent_input,
+                                       encode_decode_runs, resolve_chunk, segment_runs)
 from kinema.models.backbone import BackboneSpec
 from kinema.models.blocks import zero_init_residual_outputs
 from kinema.models.temporal import Conv3DBlock, SpatialLayer, TemporalMixer
@@ -175,12 +175,8 @@ class TemporalDecoder(nn.Module):
     def decode(self, latents: Tensor, chunk_frames: Optional[int] = None) -> Tensor:
         """Videos from unscaled latents ``[B, Cl, F', H', W']``, the temporal layers mixing frames, in chunks
         of ``chunk_frames`` latent frames (default ``cfg.chunk_frames``; 0: one pass), each on its own."""
-        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"the autoencoder decodes [B, {self.latent_channels}, F, H, W] latents, got "
-                             f"{tuple(latents.shape)}")
-        c = self.cfg.chunk_frames if chunk_frames is None else chunk_frames
-        if c < 0:
-            raise ValueError(f"chunk_frames must be >= 0 (0: one pass), got {c}")
+        check_latent_input(self, latents)
+        c = resolve_chunk(self.cfg.chunk_frames, chunk_frames)
         chunks = latents.split(c, dim=2) if c > 0 else (latents,)
         return torch.cat([self._decode_clip(part) for part in chunks], dim=2)
 

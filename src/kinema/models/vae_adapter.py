@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from kinema.models.autoencoder import causal_latent_shape
+from kinema.models.autoencoder import causal_latent_shape, check_latent_input, check_video_input, resolve_chunk
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 CLASS_NAME = "AutoencoderKL"
@@ -126,10 +126,8 @@ class DiffusersAutoencoder(nn.Module):
 
     def __init__(self, vae: nn.Module, chunk_frames: int = 8) -> None:
         super().__init__()
-        if chunk_frames < 0:
-            raise ValueError(f"chunk_frames must be >= 0 (0: every frame at once), got {chunk_frames}")
         c = vae.config
-        self.vae, self.chunk_frames = vae, chunk_frames
+        self.vae, self.chunk_frames = vae, resolve_chunk(0, chunk_frames)  # >= 0 (0: every frame at once)
         self.in_channels, self.latent_channels = int(c.in_channels), int(c.latent_channels)
         self.spatial_factor, self.temporal_factor = 2 ** (len(c.block_out_channels) - 1), 1
         self.shift_factor = float(getattr(c, "shift_factor", None) or 0.0)
@@ -143,39 +141,30 @@ class DiffusersAutoencoder(nn.Module):
         return causal_latent_shape(frames, height, width, channels=self.latent_channels,
                                    spatial_factor=self.spatial_factor, temporal_factor=1)
 
-    def _chunk(self, chunk_frames: Optional[int]) -> int:
-        c = self.chunk_frames if chunk_frames is None else chunk_frames
-        if c < 0:
-            raise ValueError(f"chunk_frames must be >= 0 (0: every frame at once), got {c}")
-        return c
-
     @torch.no_grad()
     def encode(self, video: Tensor, chunk_frames: Optional[int] = None) -> Tensor:
         """Posterior means (minus ``shift_factor``) ``[B, Cl, F, H / sf, W / sf]`` of ``video [B, C, F, H, W]`` in
         [-1, 1], unscaled, ``chunk_frames`` images at a time (default ``self.chunk_frames``)."""
-        if video.ndim != 5 or video.shape[1] != self.in_channels:
-            raise ValueError(f"the autoencoder takes [B, {self.in_channels}, F, H, W] videos, got {tuple(video.shape)}")
+        check_video_input(self, video)
         c, _, lh, lw = self.latent_shape(*video.shape[2:])
 
         def encode_images(x: Tensor) -> Tensor:
             return self.vae.encode(x).latent_dist.mean - self.shift_factor
 
-        return map_frames(encode_images, video, (c, lh, lw), self._chunk(chunk_frames))
+        return map_frames(encode_images, video, (c, lh, lw), resolve_chunk(self.chunk_frames, chunk_frames))
 
     @torch.no_grad()
     def decode(self, latents: Tensor, chunk_frames: Optional[int] = None) -> Tensor:
         """Videos ``[B, C, F, H sf, W sf]`` from unscaled latents ``[B, Cl, F, H, W]`` (as :meth:`encode` gives),
         ``chunk_frames`` images at a time. Not clamped (the latent space clamps)."""
-        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"the autoencoder decodes [B, {self.latent_channels}, F, H, W] latents, got "
-                             f"{tuple(latents.shape)}")
+        check_latent_input(self, latents)
         sf = self.spatial_factor
 
         def decode_images(z: Tensor) -> Tensor:
             return self.vae.decode(z + self.shift_factor).sample
 
         return map_frames(decode_images, latents, (self.in_channels, latents.shape[3] * sf, latents.shape[4] * sf),
-                          self._chunk(chunk_frames))
+                          resolve_chunk(self.chunk_frames, chunk_frames))
 
 
 def load_diffusers_vae(path: str | Path, chunk_frames: int = 8,
