@@ -113,6 +113,7 @@ class DataConfig:
     crop: Literal["center", "random"] = "random"
     image_fraction: float = 0.0  # joint image-video training: share of each item's frames that are images
     image_path: Optional[str] = None  # folder of images for joint training (default: frames of other clips)
+    image_match: tuple[str, ...] = ()  # item keys an appended image's source must share with the clip, e.g. [caption]
     length: int = 100000  # items per epoch for the synthetic datasets
     class_key: Optional[str] = None  # item key with an integer class id (e.g. color_id) -> class_labels
     num_workers: int = 0

@@ -126,3 +126,70 @@ def test_trainer_refuses_joint_training_of_conditional_models(tiny, extra):
     with pytest.raises(ValueError, match="image_fraction"):
         Trainer(tiny(**{"data.image_fraction": 0.5, **extra}))
     Trainer(tiny(**extra))  # the same model without appended images builds
+
+
+class Labelled(Frames):
+    """Frames whose item i has ``label = i % 3`` (and a unique caption)."""
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "label": i % 3}
+
+
+def test_matched_images_come_from_items_with_the_same_labels():
+    """data.image_match: every appended image is a frame of *another* item with the clip's label, so a
+    class-conditional model trains each image under its own class."""
+    from kinema.data.joint import check_joint_conditioning
+
+    joint = JointImageVideo(Labelled(n=9), num_images=3, match=["label"])
+    sources = []
+    for epoch in range(3):
+        joint.set_epoch(epoch)
+        for i in range(9):
+            item = joint[i]
+            for v in item["video"][0, 4:, 1, 1]:  # the appended images' constant values name their items
+                j = round(float(v) * 100)
+                assert j != i and j % 3 == item["label"], (i, j)
+                sources.append(j)
+    assert len(set(sources)) == 9  # every item of each group is used, not always the same one
+    check_joint_conditioning(joint, ["label"])  # matched: allowed
+    with pytest.raises(ValueError, match="caption"):
+        check_joint_conditioning(joint, ["label", "caption"])  # the caption is not matched
+    with pytest.raises(ValueError, match="item 0 .*matches no other clip"):
+        JointImageVideo(Labelled(), num_images=2, match="caption")  # captions are unique here
+    with pytest.raises(ValueError, match="has no \\['colour'\\]"):
+        JointImageVideo(Labelled(), num_images=2, match=["colour"])
+
+
+def test_dataset_labels_match_the_items():
+    """``metadata(i)`` (read for image_match without drawing pixels) is exactly the item without its video."""
+    from kinema.data.synthetic import MovingDigits
+
+    for ds in (BouncingShapes(num_frames=2, size=16, length=20, seed=3),
+               MovingDigits(num_frames=2, size=16, num_digits=2, length=20, seed=3)):
+        for i in range(20):
+            item = ds[i]
+            assert ds.metadata(i) == {k: v for k, v in item.items() if k != "video"}
+
+
+def test_matched_bouncing_shapes_images_show_the_captioned_shape():
+    """On the demo's data, matching on the caption gives images of the caption's colour and shape."""
+    from kinema.metrics.consistency import frame_objects
+
+    ds = BouncingShapes(num_frames=4, size=32, length=1000, seed=0)  # every caption repeats
+    joint = JointImageVideo(ds, num_images=3, match=["caption"])
+    for i in range(12):
+        item = joint[i]
+        objects = frame_objects(item["video"])
+        assert (objects["color"] == item["color_id"]).all() and (objects["shape"] == item["shape_id"]).all()
+
+
+@pytest.mark.parametrize("extra", [
+    {"model.unet.text_dim": 16, "model.text.encoder": "builtin", "model.text.dim": 16, "model.text.depth": 1,
+     "model.text.heads": 2, "data.image_match": "[caption]"},
+    {"data.class_key": "color_id", "model.unet.num_classes": 7, "data.image_match": "[color_id]"},
+])
+def test_trainer_trains_conditional_models_on_matched_images(tiny, extra):
+    from kinema.train.loop import Trainer
+
+    trainer = Trainer(tiny(**{"data.image_fraction": 0.5, "data.length": 1000, "train.steps": 2, **extra}))
+    assert trainer.fit()["final_step"] == 2

@@ -34,7 +34,8 @@ def build_dataset(cfg) -> Dataset:
         from kinema.data.joint import JointImageVideo, image_count
 
         images = ImageFolder(cfg.image_path, size=cfg.size, seed=cfg.seed) if cfg.image_path else None
-        ds = JointImageVideo(ds, images, num_images=image_count(cfg.num_frames, cfg.image_fraction), seed=cfg.seed)
+        ds = JointImageVideo(ds, images, num_images=image_count(cfg.num_frames, cfg.image_fraction), seed=cfg.seed,
+                             match=cfg.image_match)
     return ds
 
 
@@ -59,6 +60,12 @@ class StridedFrames(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def metadata(self, index: int) -> dict:
+        """The wrapped dataset's item fields other than ``"video"`` (see :func:`kinema.data.joint.item_metadata`)."""
+        from kinema.data.joint import item_metadata
+
+        return item_metadata(self.dataset, index)
 
     def __getitem__(self, index: int) -> dict:
         item = dict(self.dataset[index])

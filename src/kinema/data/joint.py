@@ -10,6 +10,7 @@ see :class:`kinema.conditioning.Conditioning`).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,15 +44,56 @@ def frame_segments(num_frames: int, num_images: int) -> torch.Tensor:
 def check_joint_conditioning(dataset: Dataset, conditioning_keys) -> None:
     """Raise ValueError when ``dataset`` appends independent images (a :class:`JointImageVideo` with
     ``num_images > 0``) and the model reads per-item conditioning from ``conditioning_keys`` (e.g.
-    ``["caption"]`` for a text-conditional model, ``[data.class_key]`` for a class-conditional one):
-    the appended images come from other clips, so the item's caption or class would be wrong for
-    them (VDM conditions every frame of an item on one caption)."""
+    ``["caption"]`` for a text-conditional model, ``[data.class_key]`` for a class-conditional one)
+    that the images are not matched on (``JointImageVideo.match``, ``data.image_match``): an image from
+    another clip would be trained under this clip's caption or class (the model conditions every frame
+    of an item on one caption)."""
     keys = [k for k in conditioning_keys if k]
-    if isinstance(dataset, JointImageVideo) and dataset.num_images > 0 and keys:
-        raise ValueError(f"joint image-video training (data.image_fraction > 0) cannot be combined with per-item "
-                         f"conditioning on {keys}: the {dataset.num_images} appended images per item come from "
-                         f"other clips, but the model would apply the clip's {' / '.join(keys)} to them. Use "
-                         f"data.image_fraction=0 for text- or class-conditional models, or train unconditionally")
+    if not (isinstance(dataset, JointImageVideo) and dataset.num_images > 0):
+        return
+    unmatched = [k for k in keys if k not in dataset.match]
+    if unmatched:
+        raise ValueError(f"joint image-video training (data.image_fraction > 0) with per-item conditioning on "
+                         f"{unmatched}: the {dataset.num_images} appended images per item come from other clips, "
+                         f"but the model would apply the clip's {' / '.join(unmatched)} to them. Set "
+                         f"data.image_match=[{','.join(keys)}] (images only from clips with the same "
+                         f"{' / '.join(keys)}), data.image_fraction=0, or train unconditionally")
+
+
+def _hashable(value):
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def item_metadata(dataset: Dataset, index: int) -> dict:
+    """Item ``index``'s fields other than ``"video"``: from ``dataset.metadata(index)`` when the dataset
+    has it (no pixels decoded: the built-in datasets and folders do), else by loading the item."""
+    if callable(getattr(dataset, "metadata", None)):
+        return dict(dataset.metadata(index))
+    return {k: v for k, v in dataset[index].items() if k != "video"}
+
+
+def match_groups(dataset: Dataset, keys: Sequence[str]) -> tuple[list[tuple], dict[tuple, np.ndarray]]:
+    """Per item of ``dataset``, the values of ``keys`` (made hashable), and the item indices per value
+    tuple. Raises ValueError naming the key when an item lacks it."""
+    values, groups = [], {}
+    for i in range(len(dataset)):
+        labels = item_metadata(dataset, i)
+        missing = [k for k in keys if k not in labels]
+        if missing:
+            raise ValueError(f"data.image_match={list(keys)}: item {i} has no {missing} (its keys: "
+                             f"{sorted(labels) + ['video']})")
+        value = tuple(_hashable(labels[k]) for k in keys)
+        values.append(value)
+        groups.setdefault(value, []).append(i)
+    return values, {v: np.asarray(ix, dtype=np.int64) for v, ix in groups.items()}
 
 
 class JointImageVideo(Dataset):
@@ -60,27 +102,51 @@ class JointImageVideo(Dataset):
     Item ``i``: the item of ``videos[i]`` with ``"video"`` ``[C, F, H, W]`` replaced by
     ``[C, F + K, H, W]`` (clip first, then the K images) and ``"frame_segments"`` LongTensor
     ``[F + K]`` added (0 for the clip, 1..K for the images). Other keys (caption, metadata)
-    are the video item's, so they describe the clip and *not* the appended images: the U-Net
-    applies one caption / class to every frame, hence training a text- or class-conditional model
-    on these items would teach it images under another item's caption. :func:`check_joint_conditioning`
-    refuses that combination (the trainer calls it); joint training is for unconditional models
-    until per-frame conditioning exists.
+    are the video item's. The U-Net applies one caption / class to every frame of an item, so a
+    text- or class-conditional model may train on these items only when the images share that
+    conditioning: ``match`` (``data.image_match``) names item keys, e.g. ``["caption"]`` or
+    ``["color_id"]``, and every appended image then comes from an item with the same values of
+    those keys. :func:`check_joint_conditioning` (called by the trainer) refuses conditioning on a
+    key that is not matched.
 
     Images come from ``images`` (a dataset of 1-frame items ``[C, 1, H, W]``, e.g.
     :class:`~kinema.data.video_folder.ImageFolder`), or, when ``images`` is None, are single
-    random frames of *other* random items of ``videos`` (as the paper does). Choices are a
-    function of ``(seed, index, epoch)``; :meth:`set_epoch` forwards to the wrapped datasets.
+    random frames of *other* random items of ``videos`` (as the paper does). With ``match`` the
+    source's labels are read once at construction (:func:`item_metadata`: no pixels for the built-in
+    datasets and folders), and a clip whose values no other source item shares is an error.
+    Choices are a function of ``(seed, index, epoch)``; :meth:`set_epoch` forwards to the wrapped
+    datasets.
     """
 
-    def __init__(self, videos: Dataset, images: Dataset | None = None, num_images: int = 4, seed: int = 0) -> None:
+    def __init__(self, videos: Dataset, images: Dataset | None = None, num_images: int = 4, seed: int = 0,
+                 match: Sequence[str] = ()) -> None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         if len(videos) < 1:
             raise ValueError("JointImageVideo needs a non-empty video dataset")
         if images is not None and len(images) < 1:
             raise ValueError("JointImageVideo: the image dataset is empty")
+        if isinstance(match, str):
+            match = [match]
         self.videos, self.images, self.num_images, self.seed = videos, images, num_images, seed
+        self.match = tuple(match)
         self.epoch = 0
+        self._values: list[tuple] = []
+        self._groups: dict[tuple, np.ndarray] = {}
+        if self.match and num_images > 0:
+            self._index_matches()
+
+    def _index_matches(self) -> None:
+        self._values, self._groups = match_groups(self.videos, self.match)
+        if self.images is not None:
+            _, self._groups = match_groups(self.images, self.match)
+        for i, value in enumerate(self._values):
+            group = self._groups.get(value, ())
+            if len(group) - int(self.images is None) < 1:  # a clip's own frames do not count
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(self.match, value))
+                source = "image" if self.images is not None else "other clip"
+                raise ValueError(f"data.image_match={list(self.match)}: item {i} ({shown}) matches no {source}; "
+                                 f"matched joint training needs values that repeat across the data")
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -93,11 +159,18 @@ class JointImageVideo(Dataset):
 
     def _image(self, rng: np.random.Generator, index: int) -> torch.Tensor:
         """One independent image ``[C, 1, H, W]``."""
-        if self.images is not None:
+        if self.match:
+            group = self._groups[self._values[index]]
+            if self.images is not None:
+                return self.images[int(group[rng.integers(len(group))])]["video"]
+            k = int(rng.integers(len(group) - 1))
+            other = int(group[k + int(group[k] >= index)])  # any item of the group but this one (sorted)
+        elif self.images is not None:
             return self.images[int(rng.integers(len(self.images)))]["video"]
-        n = len(self.videos)
-        other = int(rng.integers(n - 1)) if n > 1 else 0
-        other += int(n > 1 and other >= index)  # any item but this one
+        else:
+            n = len(self.videos)
+            other = int(rng.integers(n - 1)) if n > 1 else 0
+            other += int(n > 1 and other >= index)  # any item but this one
         clip = self.videos[other]["video"]
         f = int(rng.integers(clip.shape[1]))
         return clip[:, f:f + 1]

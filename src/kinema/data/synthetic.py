@@ -115,6 +115,15 @@ class BouncingShapes(Dataset):
         return {"color_id": color_id, "shape_id": shape_id, "direction_id": direction_id,
                 "radius": radius, "centers": centers}
 
+    def metadata(self, index: int) -> dict:
+        """Item ``index``'s fields other than ``"video"`` (caption and ids), without drawing it."""
+        index = _check_index(index, self.length)
+        rng = np.random.default_rng([self.seed, index])  # the first three draws of params()
+        color_id, shape_id, direction_id = (int(rng.integers(n)) for n in
+                                            (len(self.COLORS), len(self.SHAPES), len(self.DIRECTIONS)))
+        return {"caption": self.caption_for(color_id, shape_id, direction_id), "color_id": color_id,
+                "shape_id": shape_id, "direction_id": direction_id}
+
     def render(self, shape_id: int, color_id: int, radius: float, centers: np.ndarray) -> np.ndarray:
         """Draw the shape at each center ``[F, 2]`` -> float32 ``[3, F, size, size]`` in [-1, 1]."""
         s = self.size
@@ -285,6 +294,15 @@ class MovingDigits(Dataset):
         pos = reflect(start[:, None] + t * velocity[:, None], 0.0, float(free))
         return np.rint(pos).astype(np.int64)
 
+    def _digits(self, picks: np.ndarray) -> list[int]:
+        return [int(self.labels[p]) for p in picks] if self.labels is not None else [-1] * self.num_digits
+
+    def metadata(self, index: int) -> dict:
+        """Item ``index``'s fields other than ``"video"`` (caption and digits), without drawing it."""
+        index = _check_index(index, self.length)
+        digits = self._digits(np.random.default_rng([self.seed, index]).integers(len(self.images), size=self.num_digits))
+        return {"caption": self.caption_for(digits), "digits": digits}
+
     def __getitem__(self, index: int) -> dict:
         index = _check_index(index, self.length)
         rng = np.random.default_rng([self.seed, index])
@@ -297,6 +315,6 @@ class MovingDigits(Dataset):
             for f in range(self.num_frames):
                 y, x = corners[k, f]
                 np.maximum(canvas[f, y:y + d, x:x + d], digit, out=canvas[f, y:y + d, x:x + d])
-        digits = [int(self.labels[p]) for p in picks] if self.labels is not None else [-1] * self.num_digits
+        digits = self._digits(picks)
         video = torch.from_numpy(canvas)[None] * 2.0 - 1.0  # [1, F, H, W]
         return {"video": video, "caption": self.caption_for(digits), "digits": digits}

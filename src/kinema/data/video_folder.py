@@ -199,6 +199,11 @@ class _FolderBase(Dataset):
     def _load(self, index: int) -> dict:
         raise NotImplementedError
 
+    def metadata(self, index: int) -> dict:
+        """Item ``index``'s fields other than ``"video"`` (caption and path), without decoding it."""
+        index = self._check_index(index)
+        return {"caption": self.captions[index], "path": str(self.files[index])}
+
     def _check_index(self, index: int) -> int:
         n = len(self.files)
         index = int(index) + (n if index < 0 else 0)
