@@ -73,3 +73,29 @@ def test_conv_only_mixes_frames_locally_and_none_not_at_all():
     with torch.no_grad():
         diff = (none(z, torch.zeros(1)) - none(z2, torch.zeros(1))).abs().amax(dim=(0, 1, 3, 4))
     assert diff[0] > 0 and diff[1:].max() == 0
+
+
+def test_clip_norm_stats_share_frames_and_refuse_joint_items():
+    """norm_stats=clip: GroupNorm pools statistics over the clip, so with no temporal layer at all a
+    change in frame 0 still reaches the other frames (per-frame stats: it does not); with one frame
+    the two are the same function; joint items (several frame segments) are refused."""
+    torch.manual_seed(0)
+    kw = dict(**SMALL, attn_levels=(1,), temporal_mixing=("none", "none"))
+    per_frame = randomize(UNet3D(UNetConfig(**kw)), std=0.1).eval()
+    clip = UNet3D(UNetConfig(**kw, norm_stats="clip")).eval()
+    clip.load_state_dict(per_frame.state_dict())  # same tensors: only the statistics differ
+    z = torch.randn(1, 3, 4, 8, 8)
+    z2 = z.clone()
+    z2[:, :, 0] += 1.0
+    with torch.no_grad():
+        for net, reaches in ((per_frame, False), (clip, True)):
+            diff = (net(z, torch.zeros(1)) - net(z2, torch.zeros(1))).abs().amax(dim=(0, 1, 3, 4))
+            assert diff[0] > 0 and bool(diff[1:].max() > 1e-4) == reaches
+        one = z[:, :, :1]
+        torch.testing.assert_close(clip(one, torch.zeros(1)), per_frame(one, torch.zeros(1)))
+    joint = Conditioning(frame_segments=torch.tensor([[0, 0, 1, 2]]))
+    with pytest.raises(ValueError, match="norm_stats=clip.*frame_segments"):
+        clip(z, torch.zeros(1), joint)
+    clip(z, torch.zeros(1), Conditioning(frame_segments=torch.zeros(1, 4, dtype=torch.long)))  # one clip: fine
+    with pytest.raises(ValueError, match="norm_stats must be 'frame' or 'clip', got 'batch'"):
+        UNetConfig(**kw, norm_stats="batch")

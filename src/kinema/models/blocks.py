@@ -49,15 +49,19 @@ class FrameGroupNorm(nn.GroupNorm):
     bf16 activation is — and it saves two full-size float32 copies per norm.
     """
 
+    over_clip = False  # True: statistics over (C / G, F, H, W), shared by the clip's frames (UNetConfig.norm_stats)
+
     def forward(self, x: Tensor) -> Tensor:  # x [B, C, F, H, W]
         b, c, f, h, w = x.shape
-        frames = x.transpose(1, 2).reshape(b * f, c, h, w)  # '(b f) c h w'
+        frames = x if self.over_clip else x.transpose(1, 2).reshape(b * f, c, h, w)  # '(b f) c h w'
         device = x.device.type
         if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
                 out = F.group_norm(frames, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         else:
             out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        if self.over_clip:
+            return out
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # [B, C, F, H, W]
 
 

@@ -30,7 +30,8 @@ from torch.utils.checkpoint import checkpoint
 
 from kinema.models.attention import SpatialAttention, TemporalAttention, TextCrossAttention
 from kinema.models.backbone import BackboneSpec, with_estimate
-from kinema.models.blocks import Downsample, ResBlock, TemporalConv, Upsample, group_norm, space_conv, zero_init_residual_outputs
+from kinema.models.blocks import (Downsample, FrameGroupNorm, ResBlock, TemporalConv, Upsample, group_norm, space_conv,
+                                  zero_init_residual_outputs)
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
 TEMPORAL_MIXING = ("attention", "conv", "none")  # per-level choices of UNetConfig.temporal_mixing
@@ -60,6 +61,9 @@ class UNetConfig:
     text_dim: int = 0  # > 0: text-conditional on cond.text_emb [B, L, text_dim] (cross-attention + pooled)
     gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
     norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
+    # GroupNorm statistics per frame (VDM's factorized model; joint image-video items allowed) or over the whole
+    # clip, so every frame is normalized alike (frames then also share information through the statistics)
+    norm_stats: Literal["frame", "clip"] = "frame"
     scalar_conditions: tuple[str, ...] = ()  # embedded cond fields: lowres_logsnr | guidance_weight | fps
     # Self-conditioning (Chen et al. 2022): conv_in also takes the previous estimate x_hat (cond.self_cond,
     # in_channels more); the objective and the samplers then feed it (spec reads "self_cond")
@@ -98,6 +102,8 @@ class UNetConfig:
         if bad or len(set(self.attn_levels)) != len(self.attn_levels):
             raise ValueError(f"UNetConfig.attn_levels {self.attn_levels} must be distinct indices into "
                              f"dim_mults {self.dim_mults} (0..{len(self.dim_mults) - 1})")
+        if self.norm_stats not in ("frame", "clip"):
+            raise ValueError(f"UNetConfig.norm_stats must be 'frame' or 'clip', got {self.norm_stats!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.rel_pos_buckets < 4 or self.rel_pos_buckets % 2:
@@ -224,6 +230,9 @@ class UNet3D(nn.Module):
                 ch = chans[level]
         self.norm_out = group_norm(ch, cfg.norm_groups)
         self.conv_out = space_conv(ch, cfg.output_channels)
+        for m in self.modules():
+            if isinstance(m, FrameGroupNorm):
+                m.over_clip = cfg.norm_stats == "clip"
         self._init_weights()
 
     # ---- construction ---------------------------------------------------------------------------
@@ -294,6 +303,10 @@ class UNet3D(nn.Module):
         if segments is not None and tuple(segments.shape) != (z.shape[0], z.shape[2]):
             raise ValueError(f"cond.frame_segments must have shape [B, F] = {[z.shape[0], z.shape[2]]}, "
                              f"got {tuple(segments.shape)}")
+        if cfg.norm_stats == "clip" and segments is not None and bool((segments != segments[:, :1]).any()):
+            raise ValueError("model.unet.norm_stats=clip pools GroupNorm statistics over all frames, which would mix "
+                             "the independent images of joint items (cond.frame_segments); use norm_stats=frame "
+                             "with data.image_fraction > 0")
         text, mask = getattr(cond, "text_emb", None), getattr(cond, "text_mask", None)
         if text is not None and cfg.text_dim == 0:
             raise ValueError("cond.text_emb was given but this UNet3D is not text-conditional (model.unet.text_dim=0)")
