@@ -193,3 +193,11 @@ def test_trainer_trains_conditional_models_on_matched_images(tiny, extra):
 
     trainer = Trainer(tiny(**{"data.image_fraction": 0.5, "data.length": 1000, "train.steps": 2, **extra}))
     assert trainer.fit()["final_step"] == 2
+
+
+def test_trainer_refuses_clip_norm_stats_with_joint_items(tiny):
+    from kinema.train.loop import Trainer
+
+    with pytest.raises(ValueError, match="norm_stats=clip.*image_fraction=0.5"):
+        Trainer(tiny(**{"data.image_fraction": 0.5, "model.unet.norm_stats": "clip"}))
+    Trainer(tiny(**{"model.unet.norm_stats": "clip"}))  # clips only: fine
