@@ -61,14 +61,10 @@ def check_joint_conditioning(dataset: Dataset, conditioning_keys) -> None:
 
 
 def _hashable(value):
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, np.ndarray):
+    if hasattr(value, "tolist"):  # tensors, numpy arrays and scalars
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         return tuple(_hashable(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
     return value
 
 
@@ -80,20 +76,26 @@ def item_metadata(dataset: Dataset, index: int) -> dict:
     return {k: v for k, v in dataset[index].items() if k != "video"}
 
 
-def match_groups(dataset: Dataset, keys: Sequence[str]) -> tuple[list[tuple], dict[tuple, np.ndarray]]:
-    """Per item of ``dataset``, the values of ``keys`` (made hashable), and the item indices per value
-    tuple. Raises ValueError naming the key when an item lacks it."""
-    values, groups = [], {}
+def match_values(dataset: Dataset, keys: Sequence[str]) -> list[tuple]:
+    """Per item of ``dataset``, the values of ``keys`` (made hashable). Raises ValueError naming the key
+    when an item lacks it."""
+    values = []
     for i in range(len(dataset)):
         labels = item_metadata(dataset, i)
         missing = [k for k in keys if k not in labels]
         if missing:
             raise ValueError(f"data.image_match={list(keys)}: item {i} has no {missing} (its keys: "
                              f"{sorted(labels) + ['video']})")
-        value = tuple(_hashable(labels[k]) for k in keys)
-        values.append(value)
+        values.append(tuple(_hashable(labels[k]) for k in keys))
+    return values
+
+
+def group_indices(values: Sequence[tuple]) -> dict[tuple, np.ndarray]:
+    """The indices (ascending) of each distinct value in ``values``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, value in enumerate(values):
         groups.setdefault(value, []).append(i)
-    return values, {v: np.asarray(ix, dtype=np.int64) for v, ix in groups.items()}
+    return {v: np.asarray(ix, dtype=np.int64) for v, ix in groups.items()}
 
 
 class JointImageVideo(Dataset):
@@ -137,9 +139,9 @@ class JointImageVideo(Dataset):
             self._index_matches()
 
     def _index_matches(self) -> None:
-        self._values, self._groups = match_groups(self.videos, self.match)
-        if self.images is not None:
-            _, self._groups = match_groups(self.images, self.match)
+        self._values = match_values(self.videos, self.match)
+        source = self._values if self.images is None else match_values(self.images, self.match)
+        self._groups = group_indices(source)
         for i, value in enumerate(self._values):
             group = self._groups.get(value, ())
             if len(group) - int(self.images is None) < 1:  # a clip's own frames do not count

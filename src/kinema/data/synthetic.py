@@ -94,15 +94,16 @@ class BouncingShapes(Dataset):
         return [cls.caption_for(c, s, d) for c in range(len(cls.COLORS)) for s in range(len(cls.SHAPES))
                 for d in range(len(cls.DIRECTIONS))]
 
+    def _ids(self, index: int) -> tuple[np.random.Generator, int, int, int]:
+        """Item ``index``'s generator after its first three draws: the colour, shape and direction ids."""
+        rng = np.random.default_rng([self.seed, _check_index(index, self.length)])
+        return (rng, *(int(rng.integers(n)) for n in (len(self.COLORS), len(self.SHAPES), len(self.DIRECTIONS))))
+
     def params(self, index: int) -> dict:
         """The random choices behind item ``index``: ids, half-extent ``radius`` (px) and the
         shape's center per frame ``centers`` ``[F, 2]`` as (y, x) in pixels."""
-        index = _check_index(index, self.length)
-        rng = np.random.default_rng([self.seed, index])
+        rng, color_id, shape_id, direction_id = self._ids(index)
         s, f = self.size, self.num_frames
-        color_id = int(rng.integers(len(self.COLORS)))
-        shape_id = int(rng.integers(len(self.SHAPES)))
-        direction_id = int(rng.integers(len(self.DIRECTIONS)))
         radius = max(2.0, rng.uniform(*self.RADIUS_RANGE) * s)
         lo, hi = radius, s - radius
         start = rng.uniform(lo, hi, size=2)
@@ -117,10 +118,7 @@ class BouncingShapes(Dataset):
 
     def metadata(self, index: int) -> dict:
         """Item ``index``'s fields other than ``"video"`` (caption and ids), without drawing it."""
-        index = _check_index(index, self.length)
-        rng = np.random.default_rng([self.seed, index])  # the first three draws of params()
-        color_id, shape_id, direction_id = (int(rng.integers(n)) for n in
-                                            (len(self.COLORS), len(self.SHAPES), len(self.DIRECTIONS)))
+        _, color_id, shape_id, direction_id = self._ids(index)
         return {"caption": self.caption_for(color_id, shape_id, direction_id), "color_id": color_id,
                 "shape_id": shape_id, "direction_id": direction_id}
 
@@ -294,19 +292,20 @@ class MovingDigits(Dataset):
         pos = reflect(start[:, None] + t * velocity[:, None], 0.0, float(free))
         return np.rint(pos).astype(np.int64)
 
-    def _digits(self, picks: np.ndarray) -> list[int]:
-        return [int(self.labels[p]) for p in picks] if self.labels is not None else [-1] * self.num_digits
+    def _picks(self, index: int) -> tuple[np.random.Generator, np.ndarray, list[int]]:
+        """Item ``index``'s generator after its first draw: the digit images picked, and their labels."""
+        rng = np.random.default_rng([self.seed, _check_index(index, self.length)])
+        picks = rng.integers(len(self.images), size=self.num_digits)
+        digits = [int(self.labels[p]) for p in picks] if self.labels is not None else [-1] * self.num_digits
+        return rng, picks, digits
 
     def metadata(self, index: int) -> dict:
         """Item ``index``'s fields other than ``"video"`` (caption and digits), without drawing it."""
-        index = _check_index(index, self.length)
-        digits = self._digits(np.random.default_rng([self.seed, index]).integers(len(self.images), size=self.num_digits))
+        _, _, digits = self._picks(index)
         return {"caption": self.caption_for(digits), "digits": digits}
 
     def __getitem__(self, index: int) -> dict:
-        index = _check_index(index, self.length)
-        rng = np.random.default_rng([self.seed, index])
-        picks = rng.integers(len(self.images), size=self.num_digits)
+        rng, picks, digits = self._picks(index)
         corners = self.trajectories(rng)
         s, d = self.size, self.digit_size
         canvas = np.zeros((self.num_frames, s, s), np.float32)
@@ -315,6 +314,5 @@ class MovingDigits(Dataset):
             for f in range(self.num_frames):
                 y, x = corners[k, f]
                 np.maximum(canvas[f, y:y + d, x:x + d], digit, out=canvas[f, y:y + d, x:x + d])
-        digits = self._digits(picks)
         video = torch.from_numpy(canvas)[None] * 2.0 - 1.0  # [1, F, H, W]
         return {"video": video, "caption": self.caption_for(digits), "digits": digits}

@@ -275,7 +275,9 @@ class UNet3D(nn.Module):
     @property
     def spec(self) -> BackboneSpec:
         cfg = self.cfg
-        reads = ["frame_segments"] + (["class_labels"] if cfg.num_classes else []) + (["text"] if cfg.text_dim else [])
+        # clip-wide GroupNorm statistics mix every frame of an item: joint items' masks are not honoured
+        reads = (["frame_segments"] if cfg.norm_stats == "frame" else []) + (["class_labels"] if cfg.num_classes else []) \
+            + (["text"] if cfg.text_dim else [])
         if cfg.extra_in_channels:
             reads += ["lowres", "context"]
         if cfg.self_condition:

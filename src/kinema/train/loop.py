@@ -226,11 +226,11 @@ class Trainer:
                              f"'{d.dataset}' items have keys {sorted(item)}")
         check_joint_conditioning(self.dataset, ["caption" if isinstance(self.model, TextConditioned) else None,
                                                 d.class_key])
-        unet = getattr(self.cfg.model, "unet", None)
-        if self.cfg.model.name == "unet3d" and getattr(unet, "norm_stats", "frame") == "clip" and d.image_fraction > 0:
-            raise ValueError(f"model.unet.norm_stats=clip pools GroupNorm statistics over all frames, which would mix "
-                             f"the independent images that data.image_fraction={d.image_fraction} appends; use "
-                             f"model.unet.norm_stats=frame for joint image-video training")
+        if d.image_fraction > 0 and "frame_segments" not in spec.reads:
+            raise ValueError(f"the {self.cfg.model.name} backbone mixes every frame of an item (its spec does not read "
+                             f"frame_segments, e.g. with model.unet.norm_stats=clip), so it cannot keep apart the "
+                             f"independent images that data.image_fraction={d.image_fraction} appends; use a backbone "
+                             f"that honours frame segments (model.unet.norm_stats=frame) for joint image-video training")
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, Conditioning]:
         """``batch_to_inputs`` with this run's text encoder (the trained one) and class key."""
