@@ -109,6 +109,7 @@ class DataConfig:
     num_frames: int = 16
     size: int = 32
     frame_stride: int = 1  # frames between clip frames (synthetic data: every k-th frame of a k-times longer clip)
+    render_scale: int = 1  # synthetic data: draw at size * k and shrink (antialiased) to size, as an SR stage's input
     fps: Optional[float] = None
     crop: Literal["center", "random"] = "random"
     image_fraction: float = 0.0  # joint image-video training: share of each item's frames that are images

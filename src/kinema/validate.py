@@ -83,7 +83,7 @@ _AT_LEAST = {
     "train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1, "train.log_every": 1,
     "train.ckpt_every": 0, "train.keep_last": 0, "train.sample_every": 0, "train.sample_num": 1,
     "train.sample_steps": 1, "train.warmup_steps": 0, "data.num_frames": 1, "data.size": 1,
-    "data.frame_stride": 1, "data.num_workers": 0, "sample.steps": 1, "sample.fps": 1,
+    "data.frame_stride": 1, "data.render_scale": 1, "data.num_workers": 0, "sample.steps": 1, "sample.fps": 1,
 }
 _FINITE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.ema_decay", "train.beta1", "train.beta2",
            "sample.guidance", "sample.eta", "diffusion.logsnr_min", "diffusion.logsnr_max")

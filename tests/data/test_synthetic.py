@@ -165,3 +165,32 @@ def test_moving_digits_from_npz_and_bad_files(tmp_path):
         load_mnist(bad)
     with pytest.raises(ValueError, match="digit_size=40"):
         MovingDigits(size=32, digit_size=40)
+
+
+def test_render_scale_draws_large_and_shrinks_like_an_sr_stage_input():
+    """data.render_scale=k: the clip a base model of a cascade sees is exactly what degrade() gives its
+    SSR stage from the k-times larger clip (soft edges), with the same caption and metadata."""
+    from kinema.config import load_config
+    from kinema.data.factory import build_dataset
+    from kinema.diffusion.superres import degrade
+
+    big = build_dataset(load_config("demo_text", ["data.size=32"]).data)
+    small = build_dataset(load_config("demo_text", ["data.size=16", "data.render_scale=2"]).data)
+    for i in (0, 5):
+        a, b = big[i], small[i]
+        assert b["video"].shape == (3, 8, 16, 16)
+        torch.testing.assert_close(b["video"], degrade(a["video"][None], spatial_factor=2)[0])
+        assert b["caption"] == a["caption"] and small.metadata(i)["caption"] == a["caption"]
+        edge = b["video"][(b["video"] > -1) & (b["video"] < 1)]
+        assert edge.numel() > 0  # partially covered pixels, which a native 16x16 drawing never has
+    native = build_dataset(load_config("demo_text", ["data.size=16"]).data)[0]["video"]
+    assert ((native > -1) & (native < 1)).sum() == 0
+
+
+def test_render_scale_is_refused_for_folders(tmp_path):
+    from kinema.config import load_config
+    from kinema.data.factory import build_dataset
+
+    cfg = load_config("demo_text", ["data.dataset=folder", f"data.path={tmp_path}", "data.render_scale=2"])
+    with pytest.raises(ValueError, match="render_scale=2 applies to the synthetic datasets only"):
+        build_dataset(cfg.data)

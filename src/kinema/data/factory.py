@@ -16,10 +16,14 @@ def build_dataset(cfg) -> Dataset:
     if cfg.dataset == "latents":  # a cache written by `kinema encode` (data/latents.py)
         return latent_dataset(cfg)
     synthetic_frames = cfg.num_frames * cfg.frame_stride  # subsampled below (StridedFrames)
+    scale = cfg.render_scale
+    if scale != 1 and cfg.dataset not in ("bouncing_shapes", "moving_digits"):
+        raise ValueError(f"data.render_scale={scale} applies to the synthetic datasets only (bouncing_shapes, "
+                         f"moving_digits), not data.dataset={cfg.dataset}; set data.render_scale=1")
     if cfg.dataset == "bouncing_shapes":
-        ds = BouncingShapes(num_frames=synthetic_frames, size=cfg.size, length=cfg.length, seed=cfg.seed)
+        ds = BouncingShapes(num_frames=synthetic_frames, size=cfg.size * scale, length=cfg.length, seed=cfg.seed)
     elif cfg.dataset == "moving_digits":
-        ds = MovingDigits(num_frames=synthetic_frames, size=cfg.size, length=cfg.length, seed=cfg.seed,
+        ds = MovingDigits(num_frames=synthetic_frames, size=cfg.size * scale, length=cfg.length, seed=cfg.seed,
                           mnist_path=cfg.path)
     elif cfg.dataset == "folder":
         if not cfg.path:
@@ -30,6 +34,8 @@ def build_dataset(cfg) -> Dataset:
         raise ValueError(f"unknown data.dataset {cfg.dataset!r}; choose one of {DATASETS}")
     if cfg.dataset != "folder" and cfg.frame_stride > 1:
         ds = StridedFrames(ds, cfg.frame_stride)
+    if scale > 1:
+        ds = Shrunk(ds, cfg.size)
     if cfg.image_fraction > 0:
         from kinema.data.joint import JointImageVideo, image_count
 
@@ -51,12 +57,12 @@ def latent_dataset(cfg) -> Dataset:
     return LatentDataset(cfg.path)
 
 
-class StridedFrames(Dataset):
-    """Every ``stride``-th frame of a synthetic dataset's clips (``data.frame_stride``): the clip a base
-    model of a cascade sees at the lower frame rate of a temporal super-resolution stage above it."""
+class _VideoTransform(Dataset):
+    """A dataset whose items are another's with ``self.video(item["video"])`` in place of the video;
+    the other fields (and :meth:`metadata`) are the wrapped dataset's."""
 
-    def __init__(self, dataset: Dataset, stride: int) -> None:
-        self.dataset, self.stride = dataset, stride
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -67,7 +73,39 @@ class StridedFrames(Dataset):
 
         return item_metadata(self.dataset, index)
 
+    def video(self, video):
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> dict:
         item = dict(self.dataset[index])
-        item["video"] = item["video"][:, ::self.stride]  # [C, F * stride, H, W] -> [C, F, H, W]
+        item["video"] = self.video(item["video"])
         return item
+
+
+class Shrunk(_VideoTransform):
+    """A synthetic dataset drawn at a multiple of ``size`` and shrunk to ``size`` with antialiased
+    bilinear resizing (``data.render_scale``): the same low-resolution clips as
+    :func:`kinema.diffusion.superres.degrade` gives a spatial super-resolution stage, so that the base
+    model of a cascade learns the distribution its SR stage was trained to read (soft, partially covered
+    edge pixels rather than hard aliased ones)."""
+
+    def __init__(self, dataset: Dataset, size: int) -> None:
+        super().__init__(dataset)
+        self.size = size
+
+    def video(self, video):
+        from kinema.resize import resize_video
+
+        return resize_video(video[None], (self.size, self.size), antialias=True)[0]
+
+
+class StridedFrames(_VideoTransform):
+    """Every ``stride``-th frame of a synthetic dataset's clips (``data.frame_stride``): the clip a base
+    model of a cascade sees at the lower frame rate of a temporal super-resolution stage above it."""
+
+    def __init__(self, dataset: Dataset, stride: int) -> None:
+        super().__init__(dataset)
+        self.stride = stride
+
+    def video(self, video):
+        return video[:, ::self.stride]  # [C, F * stride, H, W] -> [C, F, H, W]
