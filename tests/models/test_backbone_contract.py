@@ -43,6 +43,8 @@ CASES = [
                     temporal_mixing=("conv", "attention"), middle_attention=False)),
     ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=8, norm_groups=4,
                     text_dim=6, self_condition=True)),
+    ("unet3d", dict(dim=8, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=8, norm_groups=4,
+                    patch_size=2, self_condition=True, extra_in_channels=3, scalar_conditions=("lowres_logsnr",))),
     ("toy", dict(width=8)),
     ("toy", dict(width=8, num_classes=3)),
     ("walt", dict(hidden_dim=16, depth=2, heads=2, spatiotemporal_window=(0, 2, 2), max_frames=8)),
@@ -57,7 +59,7 @@ CASES = [
     ("video_ldm", dict(base_path=tiny_image_model, head_dim=8, norm_groups=4, extra_in_channels=4)),
 ]
 IDS = ["unet3d", "unet3d-text-class-scalars", "unet3d-conv-context", "unet3d-mixed-temporal", "unet3d-self-condition",
-       "toy", "toy-class",
+       "unet3d-patch2-sr", "toy", "toy-class",
        "walt", "walt-text-class-lora", "walt-self-condition",
        "walt-sr", "video_ldm", "video_ldm-conv3x1x1", "video_ldm-context"]
 

@@ -4,6 +4,7 @@ import torch
 from kinema.conditioning import NULL_LABEL, Conditioning
 from kinema.models import UNet3D, UNetConfig, backbone_entry, build_backbone
 from kinema.models.embeddings import conditioning_channels
+from kinema.models.unet import from_patches, to_patches
 from kinema.models.attention import TemporalAttention
 from kinema.models.blocks import TemporalConv
 from model_helpers import randomize
@@ -60,6 +61,7 @@ def test_bad_inputs_raise_naming_the_shape():
     (dict(dim=10, head_dim=3), "10 channels"),
     (dict(rel_pos_buckets=3), "rel_pos_buckets"),
     (dict(num_classes=-1), "num_classes"),
+    (dict(patch_size=0), "patch_size must be >= 1, got 0"),
 ])
 def test_config_validation_names_the_bad_value(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -202,6 +204,38 @@ def test_self_condition_reads_the_estimate_and_refuses_it_when_off():
     assert "self_cond" not in plain.spec.reads
     with pytest.raises(ValueError, match="model.unet.self_condition=false"):
         plain(z, torch.zeros(2), Conditioning(self_cond=x_hat))
+
+
+def test_patches_round_trip_and_keep_pixels_in_their_frame_and_block():
+    x = torch.randn(2, 3, 4, 6, 8)
+    patches = to_patches(x, 2)
+    assert patches.shape == (2, 12, 4, 3, 4)
+    assert torch.equal(from_patches(patches, 2), x) and to_patches(x, 1) is x
+    # pixel (y, x) of channel c lands in block (y // 2, x // 2), channel c * 4 + (y % 2) * 2 + x % 2, same frame
+    c, f, y, xx = 1, 2, 3, 6
+    assert patches[0, c * 4 + (y % 2) * 2 + xx % 2, f, y // 2, xx // 2] == x[0, c, f, y, xx]
+
+
+def test_patch_size_runs_the_net_at_lower_resolution_with_full_resolution_output():
+    model = randomize(UNet3D(tiny_cfg(patch_size=2, dim_mults=(1, 2), self_condition=True, extra_in_channels=3)))
+    assert model.conv_in.in_channels == (3 + 3 + 3) * 4 and model.conv_out.out_channels == 3 * 4
+    assert model.spec.size_multiple == 4
+    z = torch.randn(1, 3, 3, 8, 12)
+    lowres = torch.randn(1, 3, 3, 4, 6)
+    out = model(z, torch.zeros(1), Conditioning(lowres=lowres))
+    assert out.shape == z.shape
+    # every output pixel of a 2x2 block can differ (it is not a nearest-neighbour upsampling)
+    blocks = out[0, 0, 0].reshape(4, 2, 6, 2)
+    assert (blocks - blocks[:, :1, :, :1]).abs().amax() > 1e-4
+    # a change in one pixel of frame 0 reaches frame 0 only when no layer mixes frames
+    frame_local = randomize(UNet3D(tiny_cfg(patch_size=2, attn_levels=(1,),
+                                            temporal_mixing=("none", "none"), middle_attention=False)))
+    z2 = z.clone()
+    z2[0, 0, 0, 5, 7] += 1.0
+    change = per_frame_change(frame_local(z, torch.zeros(1)), frame_local(z2, torch.zeros(1)))
+    assert change[0] > 1e-4 and torch.all(change[1:] == 0)
+    with pytest.raises(ValueError, match=r"divisible by 4 \(patch_size"):
+        model(torch.randn(1, 3, 2, 6, 8), torch.zeros(1), Conditioning(lowres=lowres))
 
 
 def test_registry_and_parameter_count():
