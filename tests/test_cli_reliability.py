@@ -46,6 +46,7 @@ def _nan_weights_copy(run, tmp_path):
     (["sample", "R", "--guidance", "nan"], "--guidance: must be a finite number, got nan"),
     (["sample", "R", "--guidance", "inf"], "--guidance: must be a finite number, got inf"),
     (["sample", "R", "--guidance-low=-inf"], "--guidance-low: must be a finite number"),
+    (["sample", "R", "--guidance-interval", "none", "nan"], "--guidance-interval: must be a finite number, got nan"),
     (["sample", "R", "--eta", "-1"], "--eta: must be a finite number >= 0"),
     (["sample", "R", "--out", "x.avi"], "unknown video extension .avi; use one of .mp4, .gif, .png"),
     (["extend", "R", "--input", "i.mp4", "--frames", "8", "--overlap", "0"], "--overlap: must be an integer >= 1"),

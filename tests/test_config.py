@@ -83,3 +83,13 @@ def test_presets_load_and_override():
     assert load_config(name, ["train.steps=7"]).train.steps == 7
     with pytest.raises(ConfigError, match="no config file or preset"):
         load_config("no_such_preset")
+
+
+def test_guidance_interval_parses_open_ends_and_names_a_bad_interval():
+    assert load_config(None, ["sample.guidance_interval=[null,0]"]).sample.guidance_interval == (None, 0.0)
+    assert load_config(None, ["sample.guidance_interval=[-3,2.5]"]).sample.guidance_interval == (-3.0, 2.5)
+    assert load_config(None, []).sample.guidance_interval is None
+    with pytest.raises(ConfigError, match=r"sample\.guidance_interval must have lo < hi, got \[1\.0, 0\.0\]"):
+        load_config(None, ["sample.guidance_interval=[1,0]"])
+    with pytest.raises(ConfigError, match=r"'sample\.guidance_interval' expects 2 values"):
+        load_config(None, ["sample.guidance_interval=[1]"])

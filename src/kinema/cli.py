@@ -7,8 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from kinema import __version__
-from kinema.validate import (finite_float, int_at_least, nonnegative_float, positive_float, positive_int,
-                             video_out_path)
+from kinema.validate import (finite_float, int_at_least, log_snr_bound, nonnegative_float, positive_float,
+                             positive_int, video_out_path)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -120,15 +120,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from kinema.pipelines.sample import sample_videos
     from kinema.system import load_system
 
-    if (args.guidance is not None or args.guidance_low is not None) and not (args.prompt or args.class_labels):
-        raise ValueError("--guidance / --guidance-low need a --prompt or --class to guide towards")
+    if (args.guidance is not None or args.guidance_low is not None or args.guidance_interval is not None) \
+            and not (args.prompt or args.class_labels):
+        raise ValueError("--guidance / --guidance-low / --guidance-interval need a --prompt or --class to guide towards")
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
     cond = _conditioning(system, args.num, args)
     low = "config" if args.guidance_low is None else args.guidance_low
     with _naming_checkpoint(ckpt):
         videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
                                seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size,
-                               cond=cond, guidance=args.guidance, guidance_low=low)
+                               cond=cond, guidance=args.guidance, guidance_low=low,
+                               guidance_interval="config" if args.guidance_interval is None else args.guidance_interval)
     out = write_video(args.out, videos, fps=args.fps or system.cfg.sample.fps)
     print(f"wrote {args.num} samples of {tuple(videos.shape[1:])}{_labels_text(args)} from {ckpt} to {out}")
     return 0
@@ -464,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-low", type=finite_float, default=None, metavar="W",
                    help="Imagen Video's oscillating guidance: alternate between --guidance and this weight "
                         "after the first sample.guidance_constant of the steps")
+    p.add_argument("--guidance-interval", type=log_snr_bound, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only at noise levels LO <= log-SNR < HI ('none' = unbounded; default "
+                        "sample.guidance_interval), e.g. 'none 0' leaves the low-noise steps unguided")
     p.add_argument("--out", type=video_out_path, default="samples.mp4",
                    help="output file: .mp4, .gif or .png (grid of frames)")
     _add_sampling_args(p)

@@ -169,7 +169,16 @@ class SampleConfig:
     guidance: float = 0.0  # classifier-free guidance weight w (0: plain conditional sampling)
     guidance_low: Optional[float] = None  # set: Imagen Video's oscillating guidance between guidance and this
     guidance_constant: float = 0.5  # oscillating guidance: share of the steps held at `guidance` first
+    # [lo, hi]: guide only at noise levels lo <= log-SNR < hi (null: unbounded), plain conditional sampling
+    # elsewhere (Kynkaanniemi et al. 2024); e.g. [null, 0] leaves the low-noise steps that draw outlines unguided
+    guidance_interval: Optional[tuple[Optional[float], Optional[float]]] = None
     fps: int = 8
+
+    def __post_init__(self) -> None:
+        if self.guidance_interval is not None:
+            from kinema.diffusion.guidance import check_interval
+
+            self.guidance_interval = check_interval(self.guidance_interval, "sample.guidance_interval")
 
 
 @dataclass

@@ -51,6 +51,13 @@ def finite_float(text: str) -> float:
     return value
 
 
+def log_snr_bound(text: str) -> Optional[float]:
+    """``type=`` for one end of a log-SNR interval: a finite number, or ``none`` for an open end."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    return finite_float(text)
+
+
 def nonnegative_float(text: str) -> float:
     value = finite_float(text)
     if value < 0:

@@ -83,3 +83,42 @@ def test_step_weights_reach_the_denoiser_at_their_step():
     assert [s.tolist() for s in seen] == [[x, x] for x in weights]
     with pytest.raises(ValueError, match="guidance weights"):
         weight_by_logsnr(grid, weights[:3])
+
+
+def test_guidance_interval_guides_inside_only_and_skips_the_unconditional_pass_outside():
+    from kinema.diffusion.guidance import guidance_interval, weight_by_logsnr
+    from kinema.diffusion.samplers import sample_ddim
+    from kinema.diffusion.schedule import Schedule, sampling_grid
+
+    logsnr = torch.tensor([-5.0, -1.0, 0.0, 0.5, 3.0], dtype=torch.float64)
+    assert guidance_interval(2.0, (None, 0.0))(logsnr).tolist() == [2.0, 2.0, 0.0, 0.0, 0.0]
+    assert guidance_interval(2.0, (-1.0, 1.0))(logsnr).tolist() == [0.0, 2.0, 2.0, 2.0, 0.0]
+    assert guidance_interval(2.0, (0.5, None))(logsnr).tolist() == [0.0, 0.0, 0.0, 2.0, 2.0]
+    assert guidance_interval(2.0, None) == 2.0
+    # composes with per-step weights (oscillating guidance): the step's own weight inside, 0 outside
+    grid = sampling_grid(Schedule("cosine"), 6)
+    steps = [3.0, 1.0, 2.0, 0.5, 1.0, 4.0]
+    limited = guidance_interval(weight_by_logsnr(grid, steps), (None, 0.0))
+    want = [w if float(g) < 0 else 0.0 for w, g in zip(steps, grid[:6])]
+    assert 0.0 in want and any(w > 0 for w in want)
+    assert limited(grid[:6]).tolist() == want
+    # the sampler run: 2B forwards at the guided steps, B forwards (the conditional pass alone) at the others,
+    # with the same result as guiding every step with the interval's weights
+    calls = []
+    den = Denoiser(_net(calls), "eps")
+    cond = Conditioning(class_labels=torch.tensor([1, 2]))
+    uncond = Conditioning(class_labels=torch.tensor([0, 0]))
+    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    out = sample_ddim(guided_denoiser(den, cond, uncond, limited), z, grid)
+    assert calls == [4 if w else 2 for w in want]
+    reference = sample_ddim(guided_denoiser(Denoiser(_net([]), "eps"), cond, uncond, weight_by_logsnr(grid, want)), z, grid)
+    torch.testing.assert_close(out, reference)
+
+
+@pytest.mark.parametrize("bad,match", [((1.0, 0.0), "lo < hi"), ((0.0,), r"\[lo, hi\]"),
+                                       ((float("nan"), 1.0), r"\[lo, hi\]"), (("a", 1.0), r"\[lo, hi\]")])
+def test_guidance_interval_refuses_bad_bounds_naming_them(bad, match):
+    from kinema.diffusion.guidance import guidance_interval
+
+    with pytest.raises(ValueError, match=match):
+        guidance_interval(2.0, bad)

@@ -70,13 +70,23 @@ def test_guidance_zero_equals_conditional_sampling(text_run):
     assert (guided - plain).abs().max() > 1e-3
     null = sample_videos(system, 3, guidance=0.0, guidance_low=None, **{**kw, "cond": None})
     assert (null - plain).abs().max() > 1e-3, "the prompt changes the samples"
+    # a guidance interval that holds no step of the grid is plain conditional sampling; one holding them all
+    # is guidance at every step
+    kw["guidance_low"] = None
+    torch.testing.assert_close(sample_videos(system, 3, guidance=3.0, guidance_interval=(100.0, None), **kw), plain)
+    torch.testing.assert_close(sample_videos(system, 3, guidance=3.0, guidance_interval=(None, 100.0), **kw), guided)
+    partly = sample_videos(system, 3, guidance=3.0, guidance_interval=(None, 0.0), **kw)
+    assert (partly - plain).abs().max() > 1e-4 and (partly - guided).abs().max() > 1e-4
+    system.cfg.sample.guidance_interval = (100.0, None)  # the config's interval is the default
+    torch.testing.assert_close(sample_videos(system, 3, guidance=3.0, **kw), plain)
 
 
 def test_sample_command_with_prompt_and_errors(text_run, tmp_path, capsys):
     run = text_run.train.out_dir
     out = tmp_path / "grid.png"
     assert main(["sample", run, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--guidance", "2",
-                 "--guidance-low", "0", "--num", "2", "--steps", "3", "--out", str(out)]) == 0
+                 "--guidance-low", "0", "--guidance-interval", "none", "0", "--num", "2", "--steps", "3",
+                 "--out", str(out)]) == 0
     assert out.exists() and "for prompts" in capsys.readouterr().out
     assert main(["sample", run, "--class", "1", "--num", "1", "--steps", "2", "--out", str(out)]) == 2
     assert "num_classes=0" in capsys.readouterr().err

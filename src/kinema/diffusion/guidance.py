@@ -6,7 +6,8 @@ all affine in the network output for a fixed z (objective.py), mixing in eps, v 
 the same result; kinema mixes x_hat and eps_hat with the same weights so they stay consistent.
 w = 0 is plain conditional sampling. The weight may change over the sampling steps (Imagen Video's
 oscillating guidance, :func:`oscillating_guidance_weights`): :func:`weight_by_logsnr` turns per-step
-weights into a stateless function of the noise level that :func:`guided_denoiser` accepts.
+weights into a stateless function of the noise level that :func:`guided_denoiser` accepts, and
+:func:`guidance_interval` limits any weight to an interval of noise levels.
 
 Below: conditional sampling from an unconditional model (VDM section 3.1): the replacement method,
 reconstruction guidance, and the observation operators they use.
@@ -14,6 +15,7 @@ reconstruction guidance, and the observation operators they use.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -70,6 +72,42 @@ def weight_by_logsnr(logsnrs: Sequence[float] | Tensor, weights: Sequence[float]
 
 
 Weight = Union[float, Tensor, Callable[[Tensor], Tensor]]
+Interval = tuple[Optional[float], Optional[float]]
+
+
+def check_interval(interval: Sequence[Optional[float]], name: str = "guidance interval") -> Interval:
+    """``interval`` as a ``(lo, hi)`` tuple of log-SNR bounds (None: unbounded), or a ValueError naming it."""
+    values = tuple(interval)
+    if len(values) != 2 or any(v is not None and (not isinstance(v, (int, float)) or math.isnan(v)) for v in values):
+        raise ValueError(f"{name} must be [lo, hi] log-SNR bounds (numbers or null), got {list(values)}")
+    lo, hi = (None if v is None else float(v) for v in values)
+    if lo is not None and hi is not None and not lo < hi:
+        raise ValueError(f"{name} must have lo < hi, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def guidance_interval(w: Weight, interval: Optional[Sequence[Optional[float]]]) -> Weight:
+    """Guidance limited to an interval of noise levels (Kynkäänniemi et al. 2024, "Applying guidance in a
+    limited interval improves sample and distribution quality in diffusion models"): ``w`` (a float, a
+    ``[B]`` tensor or a function of the noise level) where ``lo <= logsnr < hi``, 0 (plain conditional
+    sampling) elsewhere. ``interval`` is ``(lo, hi)`` in log-SNR, None for either end = unbounded;
+    None returns ``w`` unchanged. A stateless function of the noise level, like :func:`weight_by_logsnr`;
+    :func:`guided_denoiser` skips the unconditional pass at the steps where it is 0."""
+    if interval is None:
+        return w
+    lo, hi = check_interval(interval)
+
+    def limited(logsnr: Tensor) -> Tensor:
+        base = w(logsnr) if callable(w) else w
+        base = torch.as_tensor(base, dtype=logsnr.dtype, device=logsnr.device).expand(logsnr.shape)
+        inside = torch.ones_like(logsnr, dtype=torch.bool)
+        if lo is not None:
+            inside &= logsnr >= lo
+        if hi is not None:
+            inside &= logsnr < hi
+        return torch.where(inside, base, torch.zeros_like(base))
+
+    return limited
 
 
 def guide(cond: Prediction, uncond: Prediction, w: float | Tensor) -> Prediction:
@@ -97,9 +135,11 @@ def guided_denoiser(denoiser: Callable[..., Prediction], cond: Conditioning, unc
     both = Conditioning.cat([cond, uncond])
 
     def denoise(z: Tensor, logsnr: Tensor) -> Prediction:
+        weight = w(logsnr) if callable(w) else w
+        if isinstance(weight, Tensor) and not bool(weight.any()):  # e.g. outside a guidance interval
+            return denoiser(z, logsnr, cond)
         pred = denoiser(torch.cat([z, z]), torch.cat([logsnr, logsnr]), both)
         b = z.shape[0]
-        weight = w(logsnr) if callable(w) else w
         return guide(Prediction(pred.x[:b], pred.eps[:b]), Prediction(pred.x[b:], pred.eps[b:]), weight)
 
     return denoise

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, with_context, with_self_cond
 from kinema.config import KinemaConfig
 from kinema.diffusion.distill import with_guidance_weight
-from kinema.diffusion.guidance import Weight, guided_denoiser, oscillating_guidance_weights, weight_by_logsnr
+from kinema.diffusion.guidance import (Interval, Weight, guidance_interval, guided_denoiser, oscillating_guidance_weights,
+                                      weight_by_logsnr)
 from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import Denoise, Denoiser, Prediction
 from kinema.diffusion.samplers import get_sampler
@@ -235,16 +236,20 @@ def make_conditioning(system: System, num: int, *, prompts: Optional[Sequence[st
 
 
 def guidance_weight(cfg: KinemaConfig, grid: torch.Tensor, guidance: Optional[float] = None,
-                    guidance_low: Optional[float] | str = "config") -> Weight:
+                    guidance_low: Optional[float] | str = "config", interval: Optional[Interval] | str = "config") -> Weight:
     """The guidance weight to sample with: ``guidance`` (default ``cfg.sample.guidance``), or with
     ``guidance_low`` set (default ``cfg.sample.guidance_low``) Imagen Video's oscillating weights
-    over the steps of ``grid`` as a function of the noise level."""
+    over the steps of ``grid`` as a function of the noise level; limited to the log-SNR ``interval``
+    (default ``cfg.sample.guidance_interval``; :func:`~kinema.diffusion.guidance.guidance_interval`)."""
     s = cfg.sample
     w = s.guidance if guidance is None else guidance
     low = s.guidance_low if guidance_low == "config" else guidance_low
-    if low is None:
-        return float(w)
-    return weight_by_logsnr(grid, oscillating_guidance_weights(len(grid) - 1, w, low, s.guidance_constant))
+    interval = s.guidance_interval if interval == "config" else interval
+    if low is not None:
+        w = weight_by_logsnr(grid, oscillating_guidance_weights(len(grid) - 1, w, low, s.guidance_constant))
+    if interval is None or (not callable(w) and float(w) == 0):
+        return w if callable(w) else float(w)
+    return guidance_interval(w, interval)
 
 
 @torch.inference_mode()
@@ -264,6 +269,7 @@ def sample_videos(
     cond: Optional[Conditioning] = None,
     guidance: Optional[float] = None,
     guidance_low: Optional[float] | str = "config",
+    guidance_interval: Optional[Interval] | str = "config",
     precision: str = "auto",
     progress: bool = True,
 ) -> torch.Tensor:
@@ -274,9 +280,9 @@ def sample_videos(
 
     ``cond`` (``[num, ...]`` fields, e.g. from :func:`make_conditioning`) conditions the samples. When
     it holds text or class labels, classifier-free guidance applies with the weight of
-    :func:`guidance_weight` (``guidance`` / ``guidance_low``, defaults from ``cfg.sample``): one
-    batched forward of 2B per step against the same conditioning with text and labels dropped.
-    Weight 0 is plain conditional sampling.
+    :func:`guidance_weight` (``guidance`` / ``guidance_low`` / ``guidance_interval``, defaults from
+    ``cfg.sample``): one batched forward of 2B per step against the same conditioning with text and
+    labels dropped. Weight 0 is plain conditional sampling (one forward of B).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be >= 1, got num={num}, batch_size={batch_size}")
@@ -289,7 +295,7 @@ def sample_videos(
     net = autocast_denoiser(system, precision)
     generator = torch.Generator(device).manual_seed(seed)
     shape = system.space.shape(frames, size)
-    weight = guidance_weight(system.cfg, run.grid, guidance, guidance_low)
+    weight = guidance_weight(system.cfg, run.grid, guidance, guidance_low, guidance_interval)
     outputs = []
     bar = tqdm(total=run.steps * ((num + batch_size - 1) // batch_size), desc="sampling", disable=not progress,
                unit="step", leave=False)
