@@ -1,7 +1,9 @@
 """Sample quality per minute of training: the quality-vs-time curve of a preset.
 
-Trains a preset for a wall-clock budget in ``--points`` equal segments (each segment resumes the run),
-and after each one samples ``--num`` videos from the EMA weights (seed 0, the preset's sampler) and
+Trains a preset for a wall-clock budget in ``--points`` equal segments (each segment resumes the run;
+a preset whose cosine ends with its budget, ``train.lr_decay_over=minutes`` as the demo's, is instead
+trained afresh for each point's minutes, since a resumed segment would start a new decay), and after
+each one samples ``--num`` videos from the EMA weights (seed 0, the preset's sampler) and
 prints one JSON line: minutes of training so far, steps, FVD against unseen clips of the same data
 (real I3D weights: `kinema assets fetch i3d`; clips shorter than 9 frames are repeated in time on both
 sides, see kinema.metrics.consistency.repeat_frames) and, for bouncing shapes, the temporal-consistency
@@ -91,11 +93,17 @@ def main() -> None:
     fvd = None
     if not args.no_fvd:
         fvd = FVD(reference_videos(cfg, args.reference or args.num), args.weights, resolve_device(args.device))
+    fresh = cfg.train.lr_decay_over == "minutes"  # each point is its own run, its cosine ending with it
     trained_s = 0.0
     for k in range(1, args.points + 1):
-        trainer = Trainer(cfg, resume=k > 1, overwrite=k == 1)
-        summary = trainer.fit()
-        trained_s += summary["seconds"]
+        if fresh:
+            point = load_config(args.preset, overrides + [f"train.minutes={segment * k}",
+                                                          f"train.out_dir={out / f'run-{k}'}"])
+            trainer = Trainer(point, overwrite=True)
+            trained_s = trainer.fit()["seconds"]
+        else:
+            trainer = Trainer(cfg, resume=k > 1, overwrite=k == 1)
+            trained_s += trainer.fit()["seconds"]
         start = time.perf_counter()
         system = trainer.ema_system()
         prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)] if system.spec.text_dim else None
@@ -104,7 +112,8 @@ def main() -> None:
         sample_s = time.perf_counter() - start
         png = out / f"point-{k}.png"
         write_video(png, videos[:16])
-        row = {"preset": args.preset, "point": k, "train_minutes": round(trained_s / 60, 2), "step": trainer.step,
+        row = {"preset": args.preset, "point": k, "run": "fresh" if fresh else "resumed",
+               "train_minutes": round(trained_s / 60, 2), "step": trainer.step,
                "num": args.num, "sample_s": round(sample_s, 1), "png": str(png)}
         if shapes:
             score = consistency(videos)

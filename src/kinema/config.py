@@ -136,6 +136,7 @@ class TrainConfig:
     warmup_steps: int = 500
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to lr * lr_min_ratio at train.steps
     lr_min_ratio: float = 0.0
+    lr_decay_over: Literal["steps", "minutes"] = "steps"  # minutes: the cosine ends with the train.minutes budget
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     cond_dropout: float = 0.1  # classifier-free guidance: share of items trained without text / class

@@ -121,6 +121,13 @@ def check_train_config(cfg) -> None:
     minutes = _get(cfg, "train.minutes")
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"config key 'train.minutes' must be a finite number > 0 (or null); got {minutes}")
+    if _get(cfg, "train.lr_decay_over") == "minutes":
+        if minutes is None:
+            raise ConfigError("train.lr_decay_over=minutes decays the learning rate over the train.minutes budget, "
+                              "but train.minutes is null; set train.minutes or use train.lr_decay_over=steps")
+        if _get(cfg, "train.lr_schedule") != "cosine":
+            raise ConfigError(f"train.lr_decay_over=minutes needs train.lr_schedule=cosine (there is nothing to decay "
+                              f"with {_get(cfg, 'train.lr_schedule')!r})")
     corr = _get(cfg, "diffusion.frame_noise_corr")
     if corr is not None and not 0.0 <= corr < 1.0:
         raise ConfigError(f"config key 'diffusion.frame_noise_corr' must be in [0, 1); got {corr}")

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from kinema.train.loop import NonFiniteLossError, Trainer, lr_factor
+from kinema.train import loop
+from kinema.train.loop import NonFiniteLossError, Trainer, budget_steps, lr_factor
 
 
 def _losses(trainer):
@@ -82,3 +83,60 @@ def test_warmup_and_cosine_decay():
     assert all(a >= b for a, b in zip(factors, factors[1:]))
     with pytest.raises(ValueError, match="linear"):
         lr_factor(20, 10, "linear", 110)
+
+
+def test_budget_steps_extrapolates_the_measured_rate():
+    assert budget_steps(100, 0, 50.0, minutes=2, max_steps=10_000) == 240  # 2 steps/s, 70 s left
+    assert budget_steps(150, 100, 25.0, minutes=1, max_steps=10_000) == 220  # resumed at 100: the rate since then
+    assert budget_steps(100, 0, 50.0, minutes=2, max_steps=200) == 200  # train.steps ends first
+    assert budget_steps(100, 0, 130.0, minutes=2, max_steps=10_000) == 100  # budget spent: the schedule ends now
+    assert budget_steps(0, 0, 0.0, minutes=2, max_steps=500) == 500  # nothing timed yet
+
+
+class _Clock:
+    """A stand-in for the ``time`` module: one second passes per training step."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+
+def _clocked_run(tiny, monkeypatch, out_dir, **extra):
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    trainer = Trainer(tiny(**{"train.steps": 1000, "train.minutes": 0.5, "train.warmup_steps": 2,
+                              "train.lr_schedule": "cosine", "train.lr_min_ratio": 0.1, "train.ckpt_every": 0,
+                              "train.lr": 1e-3, "train.out_dir": str(out_dir), **extra}))
+    step = trainer.train_step
+
+    def timed_step(batches):
+        out = step(batches)
+        clock.now += 1.0
+        return out
+
+    monkeypatch.setattr(trainer, "train_step", timed_step)
+    trainer.fit()
+    return [r["lr"] for r in trainer.history]
+
+
+def test_lr_decay_over_minutes_ends_the_cosine_with_the_budget(tiny, monkeypatch, tmp_path):
+    """With train.lr_decay_over=minutes the cosine reaches lr * lr_min_ratio as the 30 s budget runs
+    out (31 one-second steps), though train.steps is 1000; over steps it has barely decayed."""
+    lrs = _clocked_run(tiny, monkeypatch, tmp_path / "minutes", **{"train.lr_decay_over": "minutes"})
+    assert len(lrs) == 31
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert lrs[2] > 0.99e-3 and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[15] == pytest.approx(1e-3 * lr_factor(15, 2, "cosine", 30, 0.1))
+    by_steps = _clocked_run(tiny, monkeypatch, tmp_path / "steps")
+    assert len(by_steps) == 31 and by_steps[-1] > 0.99e-3
+
+
+def test_lr_decay_over_minutes_needs_a_budget_and_a_cosine(tiny):
+    with pytest.raises(ValueError, match="train.minutes is null"):
+        Trainer(tiny(**{"train.lr_decay_over": "minutes", "train.lr_schedule": "cosine"}))
+    with pytest.raises(ValueError, match="needs train.lr_schedule=cosine"):
+        Trainer(tiny(**{"train.lr_decay_over": "minutes", "train.minutes": 1}))
+    with pytest.raises(ValueError, match="lr_decay_over"):
+        Trainer(tiny(**{"train.lr_decay_over": "hours"}))

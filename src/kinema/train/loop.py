@@ -80,6 +80,17 @@ def lr_factor(step: int, warmup_steps: int, schedule: str = "constant", total_st
     raise ValueError(f"unknown train.lr_schedule {schedule!r}; choose constant or cosine")
 
 
+def budget_steps(step: int, start_step: int, elapsed: float, minutes: float, max_steps: int) -> int:
+    """The step at which a ``minutes`` budget will end, extrapolated from the rate since
+    ``start_step`` (``elapsed`` seconds ago), capped at ``max_steps``: where
+    ``train.lr_decay_over=minutes`` ends its cosine. Before any step is timed: ``max_steps``."""
+    done = step - start_step
+    if done <= 0 or elapsed <= 0:
+        return max_steps
+    left = max(0.0, 60.0 * minutes - elapsed)
+    return min(max_steps, step + int(done / elapsed * left))
+
+
 def batch_to_inputs(batch: dict, device: torch.device, *, encode_text: Optional[Callable] = None,
                     class_key: Optional[str] = None) -> tuple[torch.Tensor, Conditioning]:
     """Video ``[B, C, F, H, W]`` (or cached latents, ``batch["latents"]``) and its Conditioning from a collated
@@ -167,6 +178,7 @@ class Trainer:
         self._check_channels(item)
         self._check_conditioning(item)
         self.step = 0
+        self.schedule_steps = t.steps  # where the cosine ends; re-estimated at log steps with lr_decay_over=minutes
         last = self._last_checkpoint() if resume else None
         self._manifest = None
         if last is not None:  # whole weights go in before the model is sharded
@@ -353,7 +365,7 @@ class Trainer:
         self.model.train()
         for part in self.parts.values():
             part.module.train()
-        factor = lr_factor(self.step, t.warmup_steps, t.lr_schedule, t.steps, t.lr_min_ratio)
+        factor = lr_factor(self.step, t.warmup_steps, t.lr_schedule, self.schedule_steps, t.lr_min_ratio)
         for name, optimizer in self.optimizers.items():
             for group in optimizer.param_groups:
                 group["lr"] = self.base_lr[name] * factor
@@ -413,6 +425,8 @@ class Trainer:
                 bar.update(1)
                 last = self.step == t.steps
                 over_budget = self._over_budget(start)
+                if t.lr_decay_over == "minutes" and self.step % t.log_every == 0:
+                    self._estimate_schedule(start_step, start)
                 if self.step % t.log_every == 0 or last or over_budget or self._due(t.ckpt_every) or self._due(t.sample_every):
                     self._check_finite(all_reduce_max(first_bad))
                     mean_loss = all_reduce_mean(loss_sum / window_steps).item()
@@ -461,6 +475,15 @@ class Trainer:
         if self.step % t.log_every:
             return False
         return bool(all_reduce_max(torch.tensor(float(over), device=self.device)).item())
+
+    def _estimate_schedule(self, start_step: int, start: float) -> None:
+        """``train.lr_decay_over=minutes``: move the cosine's end to where the time budget will end at
+        the step rate measured so far. Ranks agree on the (slowest) elapsed time, so every rank keeps
+        the same learning rate; this runs at log steps only, where the loop synchronizes anyway."""
+        elapsed = time.time() - start
+        if self.world > 1:
+            elapsed = float(all_reduce_max(torch.tensor(elapsed, device=self.device)).item())
+        self.schedule_steps = budget_steps(self.step, start_step, elapsed, self.cfg.train.minutes, self.cfg.train.steps)
 
     def _check_finite(self, first_bad: torch.Tensor) -> None:
         step = int(first_bad.item())
