@@ -6,6 +6,8 @@ from its checkpoint in a fresh Trainer and trains to ``train.steps``, and writes
 test checks: ``rank{r}.json`` (the step it resumed at, world size, whether the weights were
 sharded) and ``rank{r}.safetensors`` (the whole weights and EMA as this rank sees them at the end).
 One launch for both phases keeps the test quick (each launch pays for importing torch).
+With a third argument ``skewed-clock`` it trains once with a clock that runs faster on rank 1
+(``train.lr_decay_over=minutes`` must still give every rank the same learning rates).
 """
 
 import json
@@ -37,5 +39,31 @@ def main(config: str, report_dir: str) -> None:
     (out / f"rank{rank()}.json").write_text(json.dumps(report))
 
 
+class SkewedClock:
+    """A ``time`` module whose clock runs (1 + rank) times as fast: ranks disagree on elapsed time."""
+
+    def __init__(self):
+        import time
+
+        self.real, self.start = time.time, time.time()
+
+    def time(self):
+        return self.start + (self.real() - self.start) * (1 + rank())
+
+
+def skewed(config: str, report_dir: str) -> None:
+    """Train CONFIG once with a per-rank clock skew; write the weights and the learning rates seen."""
+    from kinema.train import loop
+
+    loop.time = SkewedClock()
+    trainer = Trainer(load_config(config))
+    trainer.fit()
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: full_tensor(p.detach()).cpu().contiguous() for k, p in trainer.model.named_parameters()},
+              str(out / f"rank{rank()}.safetensors"))
+    (out / f"rank{rank()}.json").write_text(json.dumps({"lr": [r["lr"] for r in trainer.history]}))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    (skewed if sys.argv[3:] == ["skewed-clock"] else main)(sys.argv[1], sys.argv[2])

@@ -112,3 +112,20 @@ def test_noise_slices_follow_the_loader_shards():
         items = shard_indices(30, seed=1, rank=r, world_size=world)[:per_rank]
         rows = local_slice(noise, r, world)
         assert [one[i] for i in rows.tolist()] == items.tolist()
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_a_schedule_that_follows_the_clock(tmp_path):
+    """train.lr_decay_over=minutes with a clock that runs twice as fast on rank 1: the ranks take the
+    slowest clock at log steps, so they use the same learning rates (decayed as the budget ends) and
+    end with the same weights."""
+    cfg = config_file(tmp_path, "clock", **{"train.steps": 10000, "train.minutes": 0.1, "train.ckpt_every": 0,
+                                           "train.lr_schedule": "cosine", "train.lr_decay_over": "minutes",
+                                           "train.lr_min_ratio": 0.1})
+    torchrun(2, str(WORKER), str(cfg), str(tmp_path / "reports"), "skewed-clock")
+    lrs = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text())["lr"] for r in range(2)]
+    assert lrs[0] == lrs[1] and len(lrs[0]) > 3
+    assert lrs[0][-1] < 0.5e-3, f"the rate should have decayed by the end of the budget: {lrs[0][-5:]}"
+    states = [load_file(str(tmp_path / "reports" / f"rank{r}.safetensors")) for r in range(2)]
+    for k, v in states[0].items():
+        assert torch.equal(states[1][k], v), f"{k} differs between ranks"
