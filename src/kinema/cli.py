@@ -126,11 +126,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     system, ckpt = load_system(args.checkpoint, ema=not args.no_ema, device=args.device)
     cond = _conditioning(system, args.num, args)
     low = "config" if args.guidance_low is None else args.guidance_low
+    interval = "config" if args.guidance_interval is None else args.guidance_interval
     with _naming_checkpoint(ckpt):
         videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, eta=args.eta,
                                seed=args.seed, frames=args.frames, size=args.size, batch_size=args.batch_size,
-                               cond=cond, guidance=args.guidance, guidance_low=low,
-                               guidance_interval="config" if args.guidance_interval is None else args.guidance_interval)
+                               cond=cond, guidance=args.guidance, guidance_low=low, guidance_interval=interval)
     out = write_video(args.out, videos, fps=args.fps or system.cfg.sample.fps)
     print(f"wrote {args.num} samples of {tuple(videos.shape[1:])}{_labels_text(args)} from {ckpt} to {out}")
     return 0

@@ -245,11 +245,9 @@ def guidance_weight(cfg: KinemaConfig, grid: torch.Tensor, guidance: Optional[fl
     w = s.guidance if guidance is None else guidance
     low = s.guidance_low if guidance_low == "config" else guidance_low
     interval = s.guidance_interval if interval == "config" else interval
-    if low is not None:
-        w = weight_by_logsnr(grid, oscillating_guidance_weights(len(grid) - 1, w, low, s.guidance_constant))
-    if interval is None or (not callable(w) and float(w) == 0):
-        return w if callable(w) else float(w)
-    return guidance_interval(w, interval)
+    w = float(w) if low is None else weight_by_logsnr(grid, oscillating_guidance_weights(len(grid) - 1, w, low,
+                                                                                          s.guidance_constant))
+    return w if interval is None or w == 0 else guidance_interval(w, interval)
 
 
 @torch.inference_mode()

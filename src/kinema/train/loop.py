@@ -424,9 +424,11 @@ class Trainer:
                 window_steps += 1
                 bar.update(1)
                 last = self.step == t.steps
-                over_budget = self._over_budget(start)
-                if t.lr_decay_over == "minutes" and self.step % t.log_every == 0:
-                    self._estimate_schedule(start_step, start)
+                elapsed = self._budget_clock(start)
+                over_budget = elapsed is not None and elapsed > 60 * t.minutes
+                if elapsed is not None and t.lr_decay_over == "minutes" and self.step % t.log_every == 0:
+                    # the cosine ends where the budget will, at the step rate measured so far
+                    self.schedule_steps = budget_steps(self.step, start_step, elapsed, t.minutes, t.steps)
                 if self.step % t.log_every == 0 or last or over_budget or self._due(t.ckpt_every) or self._due(t.sample_every):
                     self._check_finite(all_reduce_max(first_bad))
                     mean_loss = all_reduce_mean(loss_sum / window_steps).item()
@@ -462,28 +464,20 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
-    def _over_budget(self, start: float) -> bool:
-        """Past ``train.minutes``? With several ranks they must agree (or one would stop while the
-        others wait for it), so the question is settled at log steps only, where the loop
-        synchronizes anyway: the first rank to run out stops them all."""
+    def _budget_clock(self, start: float) -> Optional[float]:
+        """Seconds since ``start`` for the ``train.minutes`` budget (None without one). Ranks must agree on
+        it (or one would stop while the others wait for it, or decay its learning rate differently), so
+        with several it is read at log steps only, where the loop synchronizes anyway, as the slowest
+        rank's time (None between log steps): the first rank to run out stops them all."""
         t = self.cfg.train
         if t.minutes is None:
-            return False
-        over = (time.time() - start) > 60 * t.minutes
-        if self.world == 1:
-            return over
-        if self.step % t.log_every:
-            return False
-        return bool(all_reduce_max(torch.tensor(float(over), device=self.device)).item())
-
-    def _estimate_schedule(self, start_step: int, start: float) -> None:
-        """``train.lr_decay_over=minutes``: move the cosine's end to where the time budget will end at
-        the step rate measured so far. Ranks agree on the (slowest) elapsed time, so every rank keeps
-        the same learning rate; this runs at log steps only, where the loop synchronizes anyway."""
+            return None
         elapsed = time.time() - start
-        if self.world > 1:
-            elapsed = float(all_reduce_max(torch.tensor(elapsed, device=self.device)).item())
-        self.schedule_steps = budget_steps(self.step, start_step, elapsed, self.cfg.train.minutes, self.cfg.train.steps)
+        if self.world == 1:
+            return elapsed
+        if self.step % t.log_every:
+            return None
+        return float(all_reduce_max(torch.tensor(elapsed, device=self.device)).item())
 
     def _check_finite(self, first_bad: torch.Tensor) -> None:
         step = int(first_bad.item())
