@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from scipy import ndimage
+
 from kinema.data.synthetic import BouncingShapes
-from kinema.metrics.consistency import (CIRCLE, SQUARE, TRIANGLE, consistency, max_step_pixels, repeat_frames,
-                                       shape_class)
+from kinema.metrics.consistency import (CIRCLE, SQUARE, TRIANGLE, consistency, consistent_shape, max_step_pixels,
+                                       repeat_frames, shape_class)
 from kinema.metrics.prompt_following import UNKNOWN
 
 DS = BouncingShapes(num_frames=8, size=32, length=1000, seed=7)
@@ -79,3 +81,50 @@ def test_frames_repeated_for_i3d():
 def test_rejects_non_rgb_videos():
     with pytest.raises(ValueError, match=r"\[N, 3, F, H, W\]"):
         consistency(torch.zeros(2, 1, 8, 32, 32))
+
+
+def _with_stray_pixels(videos: torch.Tensor, per_frame: int, seed: int = 0) -> torch.Tensor:
+    """Each frame's object grows ``per_frame`` stray pixels of its colour on its outline (4-neighbours
+    of the object chosen at random): what a sampled square looks like at a pixel or two of noise."""
+    rng = np.random.default_rng(seed)
+    out = videos.clone()
+    for v, o in zip(videos, out):
+        for f in range(v.shape[1]):
+            mask = (v[:, f].amax(0) > 0).numpy()
+            ys, xs = np.nonzero(ndimage.binary_dilation(mask) & ~mask)
+            for j in rng.choice(len(ys), size=per_frame, replace=False):
+                o[:, f, ys[j], xs[j]] = v[:, f][:, torch.from_numpy(mask)].mean(1)
+    return out
+
+
+def test_stray_outline_pixels_do_not_change_the_shape():
+    """Two stray pixels per frame change the bounding box by a pixel: with tolerance 0 the square / circle
+    fits of some clips then trade places from frame to frame; the default tolerance passes them all."""
+    noisy = _with_stray_pixels(clips(64), per_frame=2)
+    assert consistency(noisy, shape_tolerance=0.0)["shape"] < 0.95
+    assert consistency(noisy)["shape"] == 1.0
+
+
+@pytest.mark.parametrize("tolerance", [None, 0.0])
+def test_a_frame_redrawn_as_another_shape_fails_whatever_the_clip(tolerance):
+    """Every clip (all shapes, sizes and positions of 48 draws) fails the shape check when one frame is
+    redrawn as either other shape, at the same place, size and colour: the tolerance hides no real change."""
+    kw = {} if tolerance is None else {"shape_tolerance": tolerance}
+    for offset in (1, 2):
+        videos = []
+        for i in range(48):
+            p, video = _item(i)
+            video = video.copy()
+            video[:, 4:5] = DS.render((p["shape_id"] + offset) % 3, p["color_id"], p["radius"], p["centers"][4:5])
+            videos.append(video)
+        r = consistency(torch.from_numpy(np.stack(videos)), **kw)
+        assert r["shape"] == 0.0 and r["color"] == 1.0 and r["present"] == 1.0
+
+
+def test_consistent_shape_takes_near_ties_only():
+    ious = np.array([[0.90, 0.89, 0.5], [0.88, 0.90, 0.5]])  # square and circle within 0.02 in both frames
+    assert consistent_shape(ious, 0.03) and not consistent_shape(ious, 0.0)
+    flipped = np.array([[0.95, 0.80, 0.5], [0.80, 0.95, 0.5]])  # a clear square, then a clear circle
+    assert not consistent_shape(flipped, 0.03)
+    with pytest.raises(ValueError, match="-0.1"):
+        consistency(clips(1), shape_tolerance=-0.1)
