@@ -59,3 +59,5 @@ def test_demo_writes_samples_and_prints_the_consistency_score(tmp_path, capsys):
     passed, num = line.split()[2].split("/")
     assert num == "2" and 0 <= int(passed) <= 2 and "colour" in line
     assert "  row 1: a red circle moving left" in printed and "  row 2: a blue square moving up" in printed  # text-to-video
+    follow = next(x for x in printed.splitlines() if x.startswith("prompt following: "))
+    assert all(f"{what} " in follow and "/2" in follow for what in ("colour", "shape", "direction"))

@@ -326,6 +326,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from kinema.config import load_config
     from kinema.data.io import write_video
     from kinema.metrics.consistency import consistency
+    from kinema.metrics.prompt_following import prompt_following
     from kinema.pipelines.sample import make_conditioning, sample_videos
     from kinema.system import resolve_device
     from kinema.train.loop import Trainer
@@ -351,6 +352,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"temporal consistency: {round(score['consistency'] * score['num'])}/{score['num']} samples keep one object "
           f"of one colour and shape moving smoothly (present {score['present']:.0%}, colour {score['color']:.0%}, "
           f"shape {score['shape']:.0%}, motion {score['motion']:.0%}; kinema.metrics.consistency)")
+    if prompts:
+        follow = prompt_following(videos, prompts)
+        print(f"prompt following: colour {round(follow['color_accuracy'] * args.num)}/{args.num}, shape "
+              f"{round(follow['shape_accuracy'] * args.num)}/{args.num}, direction "
+              f"{round(follow['direction_accuracy'] * args.num)}/{args.num} (chance 1/7, 1/3, 1/4; "
+              f"kinema.metrics.prompt_following)")
     for i, prompt in enumerate(prompts or []):
         print(f"  row {i + 1}: {prompt}")
     for path in written:

@@ -137,6 +137,17 @@ def frame_objects(video: Tensor) -> dict:
     return out
 
 
+def clip_shape(video: Tensor) -> int:
+    """The shape class of ``video [3, F, H, W]``'s object over the clip: the most frequent of its frames'
+    best-fitting classes (:func:`shape_class`; ties go to the lower index), ``UNKNOWN`` when no frame
+    has an object."""
+    shapes = frame_objects(video)["shape"]
+    shapes = shapes[shapes != UNKNOWN]
+    if len(shapes) == 0:
+        return UNKNOWN
+    return int(np.bincount(shapes, minlength=len(BouncingShapes.SHAPES)).argmax())
+
+
 def check_video(video: Tensor, max_step: float, min_pixels: int, shape_tolerance: float = SHAPE_TOLERANCE) -> dict:
     """The four checks for one ``video [3, F, H, W]`` -> dict of bools (``present``, ``color``,
     ``shape``, ``motion``, ``passed``) and the per-frame classes behind them."""
@@ -224,5 +235,5 @@ def fvd_against(videos: Tensor, reference: Tensor, *, weights=None, device="cpu"
     return float(frechet_from_stats(stats(videos, "generated"), stats(reference, "reference")))
 
 
-__all__ = ["fvd_against", "reference_clips", "repeat_frames", "CIRCLE", "SQUARE", "TRIANGLE", "check_video", "consistency", "default_min_pixels", "frame_objects",
-           "largest_component", "max_step_pixels", "shape_class", "shape_templates"]
+__all__ = ["fvd_against", "reference_clips", "repeat_frames", "CIRCLE", "SQUARE", "TRIANGLE", "SHAPE_TOLERANCE", "check_video", "clip_shape", "consistency", "consistent_shape", "default_min_pixels", "frame_objects",
+           "largest_component", "max_step_pixels", "shape_class", "shape_ious", "shape_templates"]

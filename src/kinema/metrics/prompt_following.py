@@ -1,4 +1,4 @@
-"""Prompt following on bouncing shapes: analytic classifiers of a clip's colour and direction of motion.
+"""Prompt following on bouncing shapes: analytic classifiers of a clip's colour, shape and direction of motion.
 
 A bouncing-shapes caption ("a red square moving left") names a colour out of
 :attr:`~kinema.data.synthetic.BouncingShapes.COLORS` (pure RGB primaries, secondaries and white) and
@@ -8,6 +8,9 @@ classifier, so a text-conditional model's samples can be checked against their p
 - colour: every bright pixel (some channel above mid-grey) votes for the colour whose RGB corners
   match the signs of its three channels (that is, its hue sector, with low saturation = white); the
   majority wins;
+- shape (when the captions name one): the most frequent per-frame shape class of the clip's object
+  (:func:`kinema.metrics.consistency.clip_shape`: the square / circle / triangle template that fits
+  its bounding box best);
 - direction: the centroid of the bright pixels per frame; the axis along which it travels further
   in total is the motion axis; the sign of its first displacement beyond ``threshold`` pixels from
   frame 0 is the initial direction (a later bounce does not change it).
@@ -90,15 +93,32 @@ def parse_caption(caption: str) -> tuple[int, int]:
     return colors[0], directions[0]
 
 
+def caption_shape(caption: str) -> int:
+    """Index into ``BouncingShapes.SHAPES`` of the one shape ``caption`` names, ``UNKNOWN`` when it names
+    none or several."""
+    words = caption.lower().split()
+    shapes = [i for i, s in enumerate(BouncingShapes.SHAPES) if s in words]
+    return shapes[0] if len(shapes) == 1 else UNKNOWN
+
+
 def prompt_following(videos: Tensor, prompts: list[str], threshold: float = 0.5) -> dict:
     """Share of ``videos [N, 3, F, H, W]`` whose colour / direction match their ``prompts`` (length N),
-    with the chance levels ``1 / len(COLORS)`` and ``1 / len(DIRECTIONS)``."""
+    with the chance levels ``1 / len(COLORS)`` and ``1 / len(DIRECTIONS)``; when every prompt names a
+    shape, also ``shape_accuracy`` (chance ``1 / len(SHAPES)``)."""
+    from kinema.metrics.consistency import clip_shape  # consistency builds on this module's colour classifier
+
     if len(prompts) != len(videos):
         raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
     want = [parse_caption(p) for p in prompts]
     colors, directions = classify(videos, threshold)
     n = len(videos)
+    shapes = {}
+    want_shapes = [caption_shape(p) for p in prompts]
+    if UNKNOWN not in want_shapes:
+        shapes = {"shape_accuracy": sum(clip_shape(v) == s for v, s in zip(videos, want_shapes)) / n,
+                  "shape_chance": 1 / len(BouncingShapes.SHAPES)}
     return {
+        **shapes,
         "color_accuracy": sum(c == w[0] for c, w in zip(colors, want)) / n,
         "direction_accuracy": sum(d == w[1] for d, w in zip(directions, want)) / n,
         "color_chance": 1 / len(BouncingShapes.COLORS),
@@ -109,5 +129,5 @@ def prompt_following(videos: Tensor, prompts: list[str], threshold: float = 0.5)
     }
 
 
-__all__ = ["UNKNOWN", "bright_mask", "centroids", "classify", "dominant_color", "motion_direction", "parse_caption",
+__all__ = ["UNKNOWN", "bright_mask", "caption_shape", "centroids", "classify", "dominant_color", "motion_direction", "parse_caption",
            "prompt_following"]
