@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from kinema.cli import DEMO_PROMPTS
+from kinema.data.io import write_video
 from kinema.metrics.consistency import consistency, frame_objects
 from kinema.metrics.prompt_following import prompt_following
 from kinema.pipelines.sample import make_conditioning, sample_videos
@@ -62,8 +63,13 @@ def main() -> None:
                    help="guidance weights to score (default: the config's sample.guidance)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None)
+    p.add_argument("--interval", default="config",
+                   help="guide only below this log-SNR ('none': at every step; default: the config's interval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--png", default=None,
+                   help="write the first 8 samples of each weight as a PNG grid (rows: samples; '{w}' in the name "
+                        "becomes the weight), e.g. RUN/eval-w{w}.png")
     args = p.parse_args()
     if args.num < 1:
         p.error(f"--num must be >= 1, got {args.num}")
@@ -73,14 +79,18 @@ def main() -> None:
         p.error(f"{ckpt} is not text-conditional: this benchmark samples with the demo's prompts")
     prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)]
     cond = make_conditioning(system, args.num, prompts=prompts)
+    interval = ("config" if args.interval == "config" else None if args.interval == "none"
+                else (None, float(args.interval)))
     for w in args.guidance:
         start = time.time()
         videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed, cond=cond,
-                               guidance=w)
+                               guidance=w, guidance_interval=interval)
         row = {"checkpoint": str(ckpt), "guidance": system.cfg.sample.guidance if w is None else w,
-               "steps": args.steps or system.cfg.sample.steps, "sampler": args.sampler or system.cfg.sample.sampler,
+               "interval": args.interval, "steps": args.steps or system.cfg.sample.steps, "sampler": args.sampler or system.cfg.sample.sampler,
                **score(videos, prompts), "sampling_s": round(time.time() - start, 1)}
         print(json.dumps(row), flush=True)
+        if args.png:
+            write_video(args.png.replace("{w}", f"{row['guidance']:g}"), videos[:8], fps=system.cfg.sample.fps)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class DiffusionConfig:
-    schedule: Literal["cosine", "shifted_cosine", "linear"] = "cosine"
+    schedule: Literal["cosine", "shifted_cosine", "interpolated_cosine", "linear"] = "cosine"
     logsnr_min: float = -15.0
     logsnr_max: float = 15.0
-    shift_base_resolution: int = 64  # shifted_cosine: shift = 2 log(base / data.size)
+    shift_base_resolution: int = 64  # shifted_cosine: shift = 2 log(base / data.size); interpolated_cosine: at t = 0
+    shift_end_base_resolution: int = 64  # interpolated_cosine: the shift at t = 1 (e.g. half data.size: more noise there)
     parameterization: Literal["eps", "x", "v"] = "v"
     weighting: Literal["eps", "x", "v", "min_snr"] = "v"  # the loss's weighting, see diffusion/objective.py
     min_snr_gamma: float = 5.0

@@ -75,11 +75,15 @@ def config_section(cfg: KinemaConfig) -> str:
 
 
 def build_schedule(cfg: KinemaConfig) -> Schedule:
-    """The noise schedule of ``cfg.diffusion``; shifted cosine uses the data resolution."""
+    """The noise schedule of ``cfg.diffusion``; the shifted and interpolated cosines use the data resolution."""
     d = cfg.diffusion
     if d.schedule == "shifted_cosine":
         return Schedule("shifted_cosine", d.logsnr_min, d.logsnr_max,
                         resolution_shift(cfg.data.size, d.shift_base_resolution))
+    if d.schedule == "interpolated_cosine":
+        return Schedule("interpolated_cosine", d.logsnr_min, d.logsnr_max,
+                        resolution_shift(cfg.data.size, d.shift_base_resolution),
+                        resolution_shift(cfg.data.size, d.shift_end_base_resolution))
     return Schedule(d.schedule, d.logsnr_min, d.logsnr_max)
 
 

@@ -5,7 +5,9 @@ import torch
 
 from kinema.diffusion.schedule import Schedule, alpha_sigma, logsnr_from_alpha_sigma, resolution_shift, sampling_grid
 
-KINDS = [Schedule("cosine"), Schedule.for_resolution(128), Schedule.for_resolution(32), Schedule("linear", -10.0, 12.0)]
+KINDS = [Schedule("cosine"), Schedule.for_resolution(128), Schedule.for_resolution(32), Schedule("linear", -10.0, 12.0),
+         Schedule("interpolated_cosine", shift=0.5, shift_end=resolution_shift(32, 8)),
+         Schedule("interpolated_cosine", shift=-1.0, shift_end=4.0)]
 
 
 @pytest.mark.parametrize("schedule", KINDS, ids=lambda s: f"{s.kind}{s.shift:+.2f}")
@@ -68,3 +70,37 @@ def test_sampling_grid(spacing):
         torch.testing.assert_close(diffs, torch.full_like(diffs, diffs[0].item()))
     with pytest.raises(ValueError, match="steps"):
         sampling_grid(Schedule(), 0)
+
+
+def test_interpolated_cosine_moves_from_one_shift_to_the_other():
+    """simple diffusion's interpolated schedule: cosine + shift at t = 0, cosine + shift_end at t = 1, linear in t."""
+    shift, end = 0.3, resolution_shift(32, 16)
+    s = Schedule("interpolated_cosine", -12.0, 14.0, shift=shift, shift_end=end)
+    assert s.logsnr(0.0).item() == pytest.approx(14.0 + shift)
+    assert s.logsnr(1.0).item() == pytest.approx(-12.0 + end)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    plain = Schedule("cosine", -12.0, 14.0).logsnr(t)
+    torch.testing.assert_close(s.logsnr(t) - plain, (1 - t) * shift + t * end, rtol=0, atol=1e-12)
+    # equal shifts: the shifted cosine
+    torch.testing.assert_close(Schedule("interpolated_cosine", shift=0.7, shift_end=0.7).logsnr(t),
+                               Schedule("shifted_cosine", shift=0.7).logsnr(t), rtol=0, atol=1e-12)
+    # below the shifted end the inverse saturates at t = 1, above the start at t = 0
+    assert s.t(torch.tensor([-40.0, 40.0])).tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_interpolated_cosine_refuses_a_rising_schedule():
+    with pytest.raises(ValueError, match="shift_end"):
+        Schedule("interpolated_cosine", shift=0.0, shift_end=7.0)
+    with pytest.raises(ValueError, match="shift_end"):
+        Schedule("cosine", shift_end=-1.0)
+
+
+def test_interpolated_cosine_from_the_config():
+    from kinema.config import load_config
+    from kinema.system import build_schedule
+
+    cfg = load_config("demo_text", ["diffusion.schedule=interpolated_cosine", "diffusion.shift_base_resolution=32",
+                                    "diffusion.shift_end_base_resolution=16"])
+    s = build_schedule(cfg)
+    assert (s.kind, s.shift) == ("interpolated_cosine", 0.0)
+    assert s.shift_end == pytest.approx(-2 * math.log(2))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 TensorLike = Union[Tensor, float]
 
-SCHEDULES = ("cosine", "shifted_cosine", "linear")
+SCHEDULES = ("cosine", "shifted_cosine", "interpolated_cosine", "linear")
 
 
 def _f64(x: TensorLike) -> Tensor:
@@ -83,6 +83,34 @@ def resolution_shift(resolution: int, base_resolution: int = 64) -> float:
     return 2.0 * math.log(base_resolution / resolution)
 
 
+def interpolated_cosine_logsnr(t: TensorLike, logsnr_min: float = -15.0, logsnr_max: float = 15.0,
+                               shift: float = 0.0, shift_end: float = 0.0) -> Tensor:
+    """The cosine schedule shifted by ``shift`` at t = 0 and by ``shift_end`` at t = 1, linearly in between.
+
+    Hoogeboom et al. 2023 ("simple diffusion"), section 3.1, "interpolated" schedule:
+    lambda(t) = t lambda_shift_end(t) + (1 - t) lambda_shift(t) = cosine(t) + (1 - t) shift + t shift_end,
+    with the two shifts from two base resolutions (:func:`resolution_shift`). A ``shift_end`` below ``shift``
+    puts more noise at the high-noise end, where the coarse layout (here: an object's place and path) is
+    decided, and leaves the low-noise end that draws fine detail as it was. Shapes ``[...] -> [...]`` float64.
+    """
+    t = _f64(t)
+    return cosine_logsnr(t, logsnr_min, logsnr_max) + (1.0 - t) * shift + t * shift_end
+
+
+def interpolated_cosine_t(logsnr: TensorLike, logsnr_min: float = -15.0, logsnr_max: float = 15.0,
+                          shift: float = 0.0, shift_end: float = 0.0) -> Tensor:
+    """Inverse of :func:`interpolated_cosine_logsnr` (strictly decreasing in t unless ``shift_end`` exceeds
+    ``shift`` by the cosine's smallest fall, which :class:`Schedule` checks), by bisection to float64 precision.
+    Log-SNRs beyond the ends map to t = 0 or 1. Shapes ``[...] -> [...]``."""
+    lam = _f64(logsnr)
+    lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
+    for _ in range(60):  # 2^-60: below float64's resolution of t
+        mid = 0.5 * (lo + hi)
+        above = interpolated_cosine_logsnr(mid, logsnr_min, logsnr_max, shift, shift_end) > lam
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
 def linear_logsnr(t: TensorLike, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> Tensor:
     """Schedule linear in log-SNR: lambda(t) = logsnr_max + t (logsnr_min - logsnr_max).
 
@@ -102,13 +130,15 @@ class Schedule:
     """A named schedule t -> lambda_t with its inverse; immutable, holds no tensors.
 
     ``kind``: "cosine" (default), "shifted_cosine" (cosine + ``shift``, see
-    :func:`resolution_shift`) or "linear" (linear in log-SNR).
+    :func:`resolution_shift`), "interpolated_cosine" (shifted by ``shift`` at t = 0 and by ``shift_end`` at
+    t = 1, see :func:`interpolated_cosine_logsnr`) or "linear" (linear in log-SNR).
     """
 
-    kind: Literal["cosine", "shifted_cosine", "linear"] = "cosine"
+    kind: Literal["cosine", "shifted_cosine", "interpolated_cosine", "linear"] = "cosine"
     logsnr_min: float = -15.0
     logsnr_max: float = 15.0
     shift: float = 0.0
+    shift_end: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -117,8 +147,17 @@ class Schedule:
             raise ValueError(
                 f"logsnr_min ({self.logsnr_min}) must be smaller than logsnr_max ({self.logsnr_max})"
             )
-        if self.kind != "shifted_cosine" and self.shift != 0.0:
-            raise ValueError(f"shift={self.shift} only applies to kind='shifted_cosine', not {self.kind!r}")
+        if self.kind not in ("shifted_cosine", "interpolated_cosine") and self.shift != 0.0:
+            raise ValueError(f"shift={self.shift} only applies to kind='shifted_cosine' or 'interpolated_cosine', "
+                             f"not {self.kind!r}")
+        if self.kind != "interpolated_cosine" and self.shift_end != 0.0:
+            raise ValueError(f"shift_end={self.shift_end} only applies to kind='interpolated_cosine', not {self.kind!r}")
+        if self.kind == "interpolated_cosine":
+            a_min, a_max = _cosine_angles(self.logsnr_min, self.logsnr_max)
+            steepest_rise = 4.0 * (a_max - a_min)  # the cosine's log-SNR falls by at least this per unit t
+            if self.shift_end - self.shift >= steepest_rise:
+                raise ValueError(f"interpolated_cosine: shift_end ({self.shift_end}) exceeds shift ({self.shift}) by "
+                                 f"{steepest_rise:.2f} or more, so lambda(t) would not decrease everywhere")
 
     @classmethod
     def for_resolution(cls, resolution: int, base_resolution: int = 64, **kwargs) -> "Schedule":
@@ -129,12 +168,16 @@ class Schedule:
         """lambda_t for t in [0, 1]; ``[...] -> [...]`` float64."""
         if self.kind == "linear":
             return linear_logsnr(t, self.logsnr_min, self.logsnr_max)
+        if self.kind == "interpolated_cosine":
+            return interpolated_cosine_logsnr(t, self.logsnr_min, self.logsnr_max, self.shift, self.shift_end)
         return cosine_logsnr(t, self.logsnr_min, self.logsnr_max, self.shift)
 
     def t(self, logsnr: TensorLike) -> Tensor:
         """Inverse of :meth:`logsnr`; ``[...] -> [...]`` float64."""
         if self.kind == "linear":
             return linear_t(logsnr, self.logsnr_min, self.logsnr_max)
+        if self.kind == "interpolated_cosine":
+            return interpolated_cosine_t(logsnr, self.logsnr_min, self.logsnr_max, self.shift, self.shift_end)
         return cosine_t(logsnr, self.logsnr_min, self.logsnr_max, self.shift)
 
     def alpha_sigma(self, t: TensorLike) -> tuple[Tensor, Tensor]:
