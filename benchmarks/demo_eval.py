@@ -86,7 +86,8 @@ def main() -> None:
         videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed, cond=cond,
                                guidance=w, guidance_interval=interval)
         row = {"checkpoint": str(ckpt), "guidance": system.cfg.sample.guidance if w is None else w,
-               "interval": args.interval, "steps": args.steps or system.cfg.sample.steps, "sampler": args.sampler or system.cfg.sample.sampler,
+               "interval": args.interval, "steps": args.steps or system.cfg.sample.steps,
+               "sampler": args.sampler or system.cfg.sample.sampler,
                **score(videos, prompts), "sampling_s": round(time.time() - start, 1)}
         print(json.dumps(row), flush=True)
         if args.png:

@@ -77,14 +77,11 @@ def config_section(cfg: KinemaConfig) -> str:
 def build_schedule(cfg: KinemaConfig) -> Schedule:
     """The noise schedule of ``cfg.diffusion``; the shifted and interpolated cosines use the data resolution."""
     d = cfg.diffusion
-    if d.schedule == "shifted_cosine":
-        return Schedule("shifted_cosine", d.logsnr_min, d.logsnr_max,
-                        resolution_shift(cfg.data.size, d.shift_base_resolution))
-    if d.schedule == "interpolated_cosine":
-        return Schedule("interpolated_cosine", d.logsnr_min, d.logsnr_max,
-                        resolution_shift(cfg.data.size, d.shift_base_resolution),
-                        resolution_shift(cfg.data.size, d.shift_end_base_resolution))
-    return Schedule(d.schedule, d.logsnr_min, d.logsnr_max)
+    if d.schedule not in ("shifted_cosine", "interpolated_cosine"):
+        return Schedule(d.schedule, d.logsnr_min, d.logsnr_max)
+    shift = resolution_shift(cfg.data.size, d.shift_base_resolution)
+    end = resolution_shift(cfg.data.size, d.shift_end_base_resolution) if d.schedule == "interpolated_cosine" else 0.0
+    return Schedule(d.schedule, d.logsnr_min, d.logsnr_max, shift, end)
 
 
 def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None
