@@ -5,7 +5,7 @@ import torch
 
 from kinema.conditioning import Conditioning
 from kinema.models.attention import (SpatialAttention, TemporalAttention, _stride0_bias, frame_attention_bias,
-                                     relative_position_bucket)
+                                     frame_positions, relative_position_bucket)
 
 
 def naive_attention(tokens, layer, bias=None):
@@ -97,6 +97,33 @@ def test_temporal_attention_is_translation_equivariant_within_a_segment():
     torch.testing.assert_close(early[:, :, :4], late[:, :, 2:], rtol=1e-5, atol=1e-5)
     plain = layer(torch.cat([clip, images], 2))
     assert (plain[:, :, :4] - early[:, :, :4]).abs().max() > 1e-3, "without masking the images are seen"
+
+
+def test_frame_position_tells_identical_frames_apart():
+    """A static clip (every frame the same) gives every frame the same values, so without the frame index
+    every frame's output is the same whatever the relative bias; with ``frame_position`` they differ."""
+    frame = torch.randn(1, 8, 1, 2, 2)
+    static = frame.expand(-1, -1, 5, -1, -1)
+    plain = randomize(TemporalAttention(8, head_dim=4, norm_groups=2))(static)
+    torch.testing.assert_close(plain, plain[:, :, :1].expand_as(plain), rtol=1e-5, atol=1e-5)
+    located = randomize(TemporalAttention(8, head_dim=4, norm_groups=2, frame_position=True))(static)
+    assert (located[:, :, 1:] - located[:, :, :1]).abs().amax(dim=(0, 1, 3, 4)).min() > 1e-3
+
+
+def test_frame_positions_count_within_segments():
+    assert torch.equal(frame_positions(4), torch.tensor([[0, 1, 2, 3]]))
+    seg = torch.tensor([[0, 0, 0, 1, 2], [3, 3, 4, 4, 4]])
+    assert torch.equal(frame_positions(5, seg), torch.tensor([[0, 1, 2, 0, 0], [0, 1, 0, 1, 2]]))
+
+
+def test_frame_position_of_an_appended_image_is_that_of_the_image_alone():
+    """Joint training: an image appended as its own segment is at position 0, so it is processed exactly
+    as a one-frame clip of it would be (its clip's frames change nothing)."""
+    layer = randomize(TemporalAttention(8, head_dim=4, norm_groups=2, frame_position=True))
+    clip, image = torch.randn(1, 8, 3, 2, 2), torch.randn(1, 8, 1, 2, 2)
+    joint = layer(torch.cat([clip, image], 2), Conditioning(frame_segments=torch.tensor([[0, 0, 0, 1]])))
+    torch.testing.assert_close(joint[:, :, 3:], layer(image), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(joint[:, :, :3], layer(clip), rtol=1e-5, atol=1e-5)
 
 
 def test_frame_attention_bias_masks_other_segments():

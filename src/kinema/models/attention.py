@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from kinema.models.blocks import ResidualBranch, group_norm
+from kinema.models.blocks import ResidualBranch, group_norm, sinusoidal_embedding
 
 # ---- relative position bias and frame masking ---------------------------------------------------
 
@@ -84,6 +84,19 @@ def _stride0_bias(bias: Tensor, batch: int, positions: int, dtype: torch.dtype) 
     return bias.reshape(batch * heads, 1, f, f).expand(-1, positions, -1, -1)
 
 
+def frame_positions(frames: int, frame_segments: Optional[Tensor] = None,
+                    device: Optional[torch.device] = None) -> Tensor:
+    """Each frame's index within its clip: ``[1, F]`` (0 .. F-1) or, with ``frame_segments [B, F]``,
+    ``[B, F]`` counted from the first frame of the frame's segment (an image appended by joint
+    training is at position 0 of its own segment, as a one-frame clip would be)."""
+    pos = torch.arange(frames, device=device)
+    if frame_segments is None:
+        return pos[None]
+    same = frame_segments[:, :, None] == frame_segments[:, None, :]  # [B, F (frame), F (other)]
+    earlier = torch.ones(frames, frames, dtype=torch.bool, device=device).tril(-1)  # other < frame
+    return (same & earlier).sum(-1)  # frames of the same segment before each frame
+
+
 # ---- attention layers ---------------------------------------------------------------------------
 
 
@@ -129,15 +142,26 @@ class TemporalAttention(_SelfAttention):
     ``cond.frame_segments`` (see :func:`frame_attention_bias` and the module docstring for the
     layout that keeps the bias O(B heads F^2)). ``x [B, C, F, H, W]``."""
 
+    POSITION_FEATURES = 32  # sinusoidal features of the frame index fed to ``frame_pos``
+
     def __init__(self, channels: int, head_dim: int = 32, norm_groups: int = 32,
-                 num_buckets: int = 32, max_distance: int = 32) -> None:
+                 num_buckets: int = 32, max_distance: int = 32, frame_position: bool = False) -> None:
         super().__init__(channels, head_dim, norm_groups)
         self.rel_pos = RelativePositionBias(self.heads, num_buckets, max_distance)
+        # Optional absolute frame index (Video LDM, Blattmann et al. 2023, adds a sinusoidal encoding of the
+        # frame index to its temporal layers' input): the relative bias alone tells a frame who its
+        # neighbours are, not where in the clip it is
+        self.frame_pos = nn.Linear(self.POSITION_FEATURES, channels) if frame_position else None
 
     def forward(self, x: Tensor, cond=None) -> Tensor:
         b, c, f, h, w = x.shape
         segments = getattr(cond, "frame_segments", None)
         tokens = rearrange(self.norm(x), "b c f h w -> b (h w) f c")
+        if self.frame_pos is not None:
+            pos = frame_positions(f, segments, x.device)  # [1|B, F]
+            emb = sinusoidal_embedding(pos.flatten(), self.POSITION_FEATURES, max_period=100.0)
+            emb = self.frame_pos(emb.to(tokens.dtype)).reshape(pos.shape[0], 1, f, c)
+            tokens = tokens + emb
         q, k, v = rearrange(self.qkv(tokens), "b l f (three heads d) -> three (b heads) l f d",
                             three=3, heads=self.heads)  # each [(B heads), HW, F, d]
         bias = _stride0_bias(frame_attention_bias(segments, self.rel_pos(f, x.device)), b, h * w, q.dtype)

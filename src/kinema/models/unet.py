@@ -56,6 +56,9 @@ class UNetConfig:
     middle_attention: bool = True  # spatial (+ temporal, by the last level's mixing) attention in the middle block
     rel_pos_max_distance: int = 32  # T5-style bucketed relative position bias of temporal attention
     rel_pos_buckets: int = 32
+    # Temporal attention also reads each frame's index in the clip (sinusoidal -> linear, added to its input, as
+    # Video LDM's temporal layers do); off: the relative position bias is its only sense of frame order
+    frame_position: bool = False
     num_classes: int = 0  # > 0: class-conditional; a negative label (NULL_LABEL) or none is the null label
     extra_in_channels: int = 0  # channels from cond (lowres / context) concatenated to z before conv_in
     text_dim: int = 0  # > 0: text-conditional on cond.text_emb [B, L, text_dim] (cross-attention + pooled)
@@ -259,7 +262,7 @@ class UNet3D(nn.Module):
             layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
         if temporal == "attention":
             layers.append(TemporalAttention(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
-                                            cfg.rel_pos_max_distance))
+                                            cfg.rel_pos_max_distance, cfg.frame_position))
         elif temporal == "conv":
             layers.append(TemporalConv(ch, cfg.norm_groups))
         return layers
