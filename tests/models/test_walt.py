@@ -11,7 +11,7 @@ import torch
 from kinema.config import load_config
 from kinema.conditioning import Conditioning
 from kinema.models import build_backbone
-from kinema.models.walt import (WALT, WALTConfig, WindowAttention, positions_in_segment, window_merge,
+from kinema.models.walt import (WALT, WALTConfig, WindowAttention, window_merge,
                                 window_partition)
 from kinema.pipelines.sample import sample_videos
 from kinema.train.loop import Trainer
@@ -82,11 +82,6 @@ def test_segment_mask_inside_a_spatiotemporal_window():
         c, d = layer(x, (4, 2, 2)), layer(x2, (4, 2, 2))
     assert torch.equal(a[:, :3], b[:, :3])
     assert (c[:, :3] - d[:, :3]).abs().max() > 1e-4  # without segments the window mixes them
-
-
-def test_positions_count_within_segments():
-    segments = torch.tensor([[0, 0, 0, 1, 2], [0, 0, 1, 1, 1]])
-    assert positions_in_segment(segments).tolist() == [[0, 1, 2, 0, 0], [0, 1, 0, 1, 2]]
 
 
 @pytest.mark.parametrize("kw", [dict(text_dim=4, num_classes=2, adaln_lora_rank=2), dict(self_condition=True, depth=4)])

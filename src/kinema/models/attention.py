@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from kinema.models.blocks import ResidualBranch, group_norm, sinusoidal_embedding
+from kinema.models.blocks import ResidualBranch, frame_positions, group_norm, sinusoidal_embedding
 
 # ---- relative position bias and frame masking ---------------------------------------------------
 
@@ -82,19 +82,6 @@ def _stride0_bias(bias: Tensor, batch: int, positions: int, dtype: torch.dtype) 
     bias = bias.to(dtype).expand(batch, heads, f, f)
     bias = F.pad(bias, (0, -f % 16))[..., :f]  # [B, heads, F, F] over padded storage (tiny)
     return bias.reshape(batch * heads, 1, f, f).expand(-1, positions, -1, -1)
-
-
-def frame_positions(frames: int, frame_segments: Optional[Tensor] = None,
-                    device: Optional[torch.device] = None) -> Tensor:
-    """Each frame's index within its clip: ``[1, F]`` (0 .. F-1) or, with ``frame_segments [B, F]``,
-    ``[B, F]`` counted from the first frame of the frame's segment (an image appended by joint
-    training is at position 0 of its own segment, as a one-frame clip would be)."""
-    pos = torch.arange(frames, device=device)
-    if frame_segments is None:
-        return pos[None]
-    same = frame_segments[:, :, None] == frame_segments[:, None, :]  # [B, F (frame), F (other)]
-    earlier = torch.ones(frames, frames, dtype=torch.bool, device=device).tril(-1)  # other < frame
-    return (same & earlier).sum(-1)  # frames of the same segment before each frame
 
 
 # ---- attention layers ---------------------------------------------------------------------------

@@ -90,6 +90,20 @@ def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) 
     return F.pad(emb, (0, dim - 2 * half))
 
 
+def frame_positions(frames: int, frame_segments: Optional[Tensor] = None,
+                    device: Optional[torch.device] = None) -> Tensor:
+    """Each frame's index within its clip: ``[1, F]`` (0 .. F-1) or, with ``frame_segments [B, F]``,
+    ``[B, F]`` counted from the first frame of the frame's segment (an image appended by joint
+    training is at position 0 of its own segment, as a one-frame clip would be). Long."""
+    pos = torch.arange(frames, device=device)
+    if frame_segments is None:
+        return pos[None]
+    segments = frame_segments.to(device if device is not None else frame_segments.device)
+    same = segments[:, :, None] == segments[:, None, :]  # [B, F (frame), F (other)]
+    earlier = torch.ones(frames, frames, dtype=torch.bool, device=segments.device).tril(-1)  # other < frame
+    return (same & earlier).sum(-1)  # frames of the same segment before each frame
+
+
 def logsnr_to_position(logsnr: Tensor) -> Tensor:
     """Map log-SNR onto the [0, 1000] "timestep" range sinusoidal embeddings are tuned for.
 

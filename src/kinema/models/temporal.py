@@ -75,12 +75,11 @@ from torch import Tensor, nn
 from kinema.conditioning import with_fields
 from kinema.models.attention import SpatialAttention, _SelfAttention, _stride0_bias, frame_attention_bias
 from kinema.models.backbone import BackboneSpec
-from kinema.models.blocks import (ResBlock, ResidualBranch, group_norm, segment_conv3d, sinusoidal_embedding,
-                                  zero_init_residual_outputs)
+from kinema.models.blocks import (ResBlock, ResidualBranch, frame_positions, group_norm, segment_conv3d,
+                                  sinusoidal_embedding, zero_init_residual_outputs)
 from kinema.models.embeddings import conditioning_channels
 from kinema.models.text import TextConditioned
 from kinema.models.unet import UNet3D
-from kinema.models.walt import positions_in_segment
 
 IMAGE_BASES = ("kinema", "diffusers")
 BASE = "image_model"  # the name of the frozen base's part in a system
@@ -159,14 +158,6 @@ def alpha_logit(alpha: float) -> float:
     return math.log(alpha / (1.0 - alpha))
 
 
-def frame_positions(frame_segments: Optional[Tensor], batch: int, frames: int, device) -> Tensor:
-    """``[B, F]`` position of each frame: its index within its ``frame_segments`` segment (an appended
-    independent image is at 0), or ``0..F-1`` for one clip per item."""
-    if frame_segments is None:
-        return torch.arange(frames, device=device).expand(batch, frames)
-    return positions_in_segment(frame_segments.to(device))
-
-
 def logsnr_to_timestep(logsnr: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """The (real-valued) discrete timestep of a DDPM-trained network at which the noise level is
     ``logsnr``: with ``lambda_i = log(abar_i / (1 - abar_i))`` (Ho et al. 2020's ``abar``; decreasing in
@@ -206,7 +197,7 @@ class FrameAttention(_SelfAttention):
 
     def forward(self, x: Tensor, frame_segments: Optional[Tensor] = None) -> Tensor:
         b, c, f, h, w = x.shape
-        pos = sinusoidal_embedding(frame_positions(frame_segments, b, f, x.device).flatten(), c)  # [(B F), C]
+        pos = sinusoidal_embedding(frame_positions(f, frame_segments, x.device).expand(b, f).flatten(), c)  # [(B F), C]
         tokens = rearrange(self.norm(x), "b c f h w -> b (h w) f c") + pos.view(b, 1, f, c).to(x.dtype)
         q, k, v = rearrange(self.qkv(tokens), "b l f (three heads d) -> three (b heads) l f d",
                             three=3, heads=self.heads)  # each [(B heads), HW, F, d]
@@ -537,4 +528,4 @@ class VideoLDM(nn.Module):
 
 __all__ = ["BASE", "ContextInput", "Conv3DBlock", "DiffusersImageBase", "FrameAttention", "IMAGE_BASES", "KinemaImageBase",
            "SpatialLayer", "TemporalMixer", "VideoLDM", "VideoLDMConfig", "alpha_logit", "ddpm_alphas_cumprod",
-           "frame_positions", "load_diffusers_unet", "load_image_base", "logsnr_to_timestep", "mix_spatial_temporal"]
+           "load_diffusers_unet", "load_image_base", "logsnr_to_timestep", "mix_spatial_temporal"]

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kinema.models.backbone import BackboneSpec, with_estimate
-from kinema.models.blocks import sinusoidal_embedding
+from kinema.models.blocks import frame_positions, sinusoidal_embedding
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
 
@@ -275,13 +275,6 @@ def sincos_2d(h: int, w: int, dim: int, device=None) -> Tensor:
     return torch.cat([rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1)
 
 
-def positions_in_segment(segments: Tensor) -> Tensor:
-    """``frame_segments [B, T]`` -> index of each frame within its own segment ``[B, T]`` (long)."""
-    same = segments[:, :, None] == segments[:, None, :]  # [B, T, T]
-    earlier = torch.ones_like(same[0]).tril(-1)  # j < i
-    return (same & earlier).sum(-1)
-
-
 class WALT(nn.Module):
     """The W.A.L.T transformer (module docstring), called as ``net(z_t, logsnr, cond) -> output``."""
 
@@ -368,7 +361,7 @@ class WALT(nn.Module):
 
         x = rearrange(self.patch_embed(z_in), "b d t h w -> b t h w d")  # [B, T, H, W, D]
         x = x + sincos_2d(H, W, cfg.hidden_dim, z.device).to(x.dtype)
-        frame_pos = torch.arange(T, device=z.device).expand(b, T) if segments is None else positions_in_segment(segments)
+        frame_pos = frame_positions(T, segments, z.device).expand(b, T)
         x = x + self.temporal_pos[frame_pos][:, :, None, None, :].to(x.dtype)  # [B, T, 1, 1, D]
 
         spatial = resolve_window((1, *cfg.spatial_window), (T, H, W))
@@ -385,5 +378,5 @@ class WALT(nn.Module):
         return rearrange(x, "b t h w (pt ph pw c) -> b c (t pt) (h ph) (w pw)", pt=pt, ph=ph, pw=pw)
 
 
-__all__ = ["WALT", "WALTBlock", "WALTConfig", "WindowAttention", "TokenTextCrossAttention", "positions_in_segment",
+__all__ = ["WALT", "WALTBlock", "WALTConfig", "WindowAttention", "TokenTextCrossAttention",
            "resolve_window", "segment_window_mask", "sincos_2d", "window_merge", "window_partition"]
