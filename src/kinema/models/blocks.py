@@ -98,9 +98,9 @@ def frame_positions(frames: int, frame_segments: Optional[Tensor] = None,
     pos = torch.arange(frames, device=device)
     if frame_segments is None:
         return pos[None]
-    segments = frame_segments.to(device if device is not None else frame_segments.device)
+    segments = frame_segments.to(device=device)  # unmoved when device is None
     same = segments[:, :, None] == segments[:, None, :]  # [B, F (frame), F (other)]
-    earlier = torch.ones(frames, frames, dtype=torch.bool, device=segments.device).tril(-1)  # other < frame
+    earlier = torch.ones_like(same[0]).tril(-1)  # other < frame
     return (same & earlier).sum(-1)  # frames of the same segment before each frame
 
 
