@@ -10,7 +10,9 @@ overridden) with `kinema demo`'s 8 prompts cycled, and prints one JSON line per 
 - ``object_px``: the median object area over the frames of the first 16 samples (the data's is 100 px at
   32x32), which shows how much guidance inflates the objects.
 
-    kinema train demo_text train.minutes=7.5 train.seed=1 train.out_dir=runs/s1   # 1 thread: OMP_NUM_THREADS=1
+    kinema demo --out runs/demo                      # or a training seed, as kinema demo trains (2 processes):
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m kinema train demo_text train.minutes=7 \
+        train.seed=1 train.out_dir=runs/s1
     python benchmarks/demo_eval.py runs/s1                                          # the config's w (4)
     python benchmarks/demo_eval.py runs/s1 --guidance 1 2 4 --steps 32
 

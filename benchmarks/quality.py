@@ -38,10 +38,10 @@ from kinema.metrics.consistency import consistency, repeat_frames
 from kinema.metrics.features import extract_features, preprocess_i3d
 from kinema.metrics.frechet import GaussianStats, frechet_from_stats
 from kinema.metrics.i3d import load_i3d
-from kinema.cli import DEMO_PROMPTS
+from kinema.cli import DEMO_PROMPTS, _train_worker, demo_processes
 from kinema.pipelines.sample import make_conditioning, sample_videos
-from kinema.system import resolve_device
-from kinema.train.loop import Trainer
+from kinema.system import load_system, resolve_device
+from kinema.train.distributed import spawn_local
 
 REFERENCE_SEED = 12345  # the training data uses data.seed (0 by default): these clips are unseen
 
@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="I3D safetensors (default: the cached asset)")
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--device", default="auto")
+    p.add_argument("--procs", default="auto",
+                   help="data-parallel training processes on a CPU, as `kinema demo --procs` (default auto: 2 on 2+ cores)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the preset")
     args = p.parse_args()
     if args.points < 1 or args.minutes <= 0 or args.num < 1:
@@ -94,18 +96,21 @@ def main() -> None:
     if not args.no_fvd:
         fvd = FVD(reference_videos(cfg, args.reference or args.num), args.weights, resolve_device(args.device))
     fresh = cfg.train.lr_decay_over == "minutes"  # each point is its own run, its cosine ending with it
+    device = resolve_device(args.device)
+    procs = demo_processes(args.procs, device, cfg.train.batch_size)
     trained_s = 0.0
     for k in range(1, args.points + 1):
         if fresh:
-            point = load_config(args.preset, overrides + [f"train.minutes={segment * k}",
-                                                          f"train.out_dir={out / f'run-{k}'}"])
-            trainer = Trainer(point, overwrite=True)
-            trained_s = trainer.fit()["seconds"]
+            run = out / f"run-{k}"
+            point = overrides + [f"train.minutes={segment * k}", f"train.out_dir={run}"]
+            summary = spawn_local(_train_worker, procs, (args.preset, point, False, True))
+            trained_s = summary["seconds"]
         else:
-            trainer = Trainer(cfg, resume=k > 1, overwrite=k == 1)
-            trained_s += trainer.fit()["seconds"]
+            run = out / "run"
+            summary = spawn_local(_train_worker, procs, (args.preset, overrides, k > 1, k == 1))
+            trained_s += summary["seconds"]
         start = time.perf_counter()
-        system = trainer.ema_system()
+        system, _ = load_system(run, ema=True, device=device)
         prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)] if system.spec.text_dim else None
         cond = make_conditioning(system, args.num, prompts=prompts) if prompts else None
         videos = sample_videos(system, args.num, seed=0, cond=cond, progress=False)
@@ -113,7 +118,7 @@ def main() -> None:
         png = out / f"point-{k}.png"
         write_video(png, videos[:16])
         row = {"preset": args.preset, "point": k, "run": "fresh" if fresh else "resumed",
-               "train_minutes": round(trained_s / 60, 2), "step": trainer.step,
+               "train_minutes": round(trained_s / 60, 2), "step": summary["final_step"], "procs": procs,
                "num": args.num, "sample_s": round(sample_s, 1), "png": str(png)}
         if shapes:
             score = consistency(videos)
@@ -121,7 +126,7 @@ def main() -> None:
         if fvd is not None:
             row["fvd"] = round(fvd(videos), 2)
         print(json.dumps(row), flush=True)
-        if trainer.step >= cfg.train.steps:
+        if summary["final_step"] >= cfg.train.steps:
             print(json.dumps({"note": f"train.steps={cfg.train.steps} reached before the budget; stopping"}))
             break
 

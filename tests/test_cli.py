@@ -1,7 +1,9 @@
 import av
 import numpy as np
 import pytest
+import torch
 
+from kinema.checkpoint import load_weights, resolve_checkpoint
 from kinema.cli import main
 from tests_helpers import write_mp4
 
@@ -49,10 +51,12 @@ def test_train_resume_sample_on_a_video_folder(tmp_path, capsys):
 
 def test_demo_writes_samples_and_prints_the_consistency_score(tmp_path, capsys):
     """`kinema demo` end to end at toy size: a text-to-video model (demo_text), samples in three formats
-    with their prompts listed, and the temporal-consistency line (kinema.metrics.consistency)."""
+    with their prompts listed, and the temporal-consistency line (kinema.metrics.consistency).
+    Trained by two processes (--procs 2, what a CPU with 2 cores gets), it ends with the weights one
+    process gets from the same global batch."""
     out = tmp_path / "demo"
     overrides = [o for o in tiny_overrides(out, **{"train.steps": 2, "sample.steps": 2}) if not o.startswith("train.out_dir")]
-    assert main(["demo", "--out", str(out), "--num", "2", *overrides]) == 0
+    assert main(["demo", "--out", str(out), "--num", "2", "--procs", "1", *overrides]) == 0
     printed = capsys.readouterr().out
     assert all((out / f"samples.{ext}").exists() for ext in ("gif", "mp4", "png"))
     line = next(x for x in printed.splitlines() if x.startswith("temporal consistency: "))
@@ -61,3 +65,28 @@ def test_demo_writes_samples_and_prints_the_consistency_score(tmp_path, capsys):
     assert "  row 1: a red circle moving left" in printed and "  row 2: a blue square moving up" in printed  # text-to-video
     follow = next(x for x in printed.splitlines() if x.startswith("prompt following: "))
     assert all(f"{what} " in follow and "/2" in follow for what in ("colour", "shape", "direction"))
+
+    assert main(["demo", "--out", str(tmp_path / "two"), "--num", "2", "--procs", "2", *overrides]) == 0
+    assert "on cpu, 2 processes" in capsys.readouterr().out
+    one, two = (load_weights(resolve_checkpoint(d), ema=True) for d in (out, tmp_path / "two"))
+    assert resolve_checkpoint(tmp_path / "two").name == resolve_checkpoint(out).name == "step-00000002"
+    for k, v in one.items():
+        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=2e-6, msg=lambda m: f"{k}: {m}")
+
+
+def test_demo_processes_option():
+    """--procs: 'auto' is 2 on a CPU with 2+ cores (1 on a GPU or with an odd batch); bad values are refused by name."""
+    from kinema.cli import demo_processes
+    from kinema.train.distributed import usable_cores
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert demo_processes("auto", cpu, 8) == (2 if usable_cores() >= 2 else 1)
+    assert demo_processes("auto", gpu, 8) == 1 and demo_processes("auto", cpu, 3) == 1
+    assert demo_processes("3", cpu, 6) == 3
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match=f"--procs must be 'auto' or a positive integer, got '{bad}'"):
+            demo_processes(bad, cpu, 8)
+    with pytest.raises(ValueError, match=r"train.batch_size=6 must be a multiple of --procs 4"):
+        demo_processes("4", cpu, 6)
+    with pytest.raises(ValueError, match="the demo trains on cuda:0"):
+        demo_processes("2", gpu, 8)

@@ -5,7 +5,6 @@ end with the weights 1 process gets from the same global batch, and resume from 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from safetensors.torch import load_file
 
 from kinema.config import load_config, save_config
 from kinema import checkpoint as ckpt_io
+from kinema.train.distributed import free_port, spawn_local
 from kinema.train.loop import Trainer
 from conftest import tiny_overrides
 
@@ -25,12 +25,6 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 STEPS = {"train.batch_size": 4, "train.grad_accum": 2, "train.steps": 4, "train.ckpt_every": 2,
          "train.warmup_steps": 1, "train.lr": 1e-3, "train.ema_warmup": False, "train.ema_decay": 0.5}
 TOL = {"rtol": 1e-4, "atol": 2e-6}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, *args: str) -> None:
@@ -129,3 +123,14 @@ def test_ranks_agree_on_a_schedule_that_follows_the_clock(tmp_path):
     states = [load_file(str(tmp_path / "reports" / f"rank{r}.safetensors")) for r in range(2)]
     for k, v in states[0].items():
         assert torch.equal(states[1][k], v), f"{k} differs between ranks"
+
+
+def test_spawn_local_raises_what_a_process_raised(tmp_path):
+    """An error inside one of the spawned processes (here: an unknown preset in both) is raised in the caller,
+    with the process's message, instead of hanging or being lost."""
+    from kinema.cli import _train_worker
+
+    with pytest.raises(Exception, match="no_such_preset"):
+        spawn_local(_train_worker, 2, ("no_such_preset", [f"train.out_dir={tmp_path}"], False, False), threads=1)
+    with pytest.raises(ValueError, match="nprocs must be >= 1, got 0"):
+        spawn_local(_train_worker, 0)

@@ -68,6 +68,61 @@ def init_from_env(device_type: str) -> bool:
     return True
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a local process group's rendezvous)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_worker(local: int, fn, args: tuple, world: int, port: int, threads: int, results) -> None:
+    """One process of :func:`spawn_local`: the environment torchrun would give it, then ``fn(*args)``."""
+    os.environ.update({"RANK": str(local), "LOCAL_RANK": str(local), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "OMP_NUM_THREADS": str(threads)})
+    torch.set_num_threads(threads)
+    try:
+        out = fn(*args)
+        if local == 0:
+            results.put(out)
+    finally:
+        if is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn_local(fn, nprocs: int, args: tuple = (), *, threads: Optional[int] = None):
+    """Run ``fn(*args)`` in ``nprocs`` data-parallel processes on this machine, as ``torchrun --standalone
+    --nproc_per_node nprocs`` would (each sees RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, so the trainer
+    joins a gloo process group on CPU), and return rank 0's result. ``threads``: intra-op threads per process
+    (default: the usable cores shared out, at least 1). With ``nprocs == 1`` it simply calls ``fn(*args)``.
+
+    ``fn`` must be a module-level function (it is pickled for the spawned processes) and its result
+    picklable. An exception in any process is raised here, naming the rank, after all have stopped."""
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    if nprocs == 1:
+        return fn(*args)
+    if is_initialized():
+        raise RuntimeError("spawn_local cannot start processes from inside a process group (use torchrun)")
+    import torch.multiprocessing as mp
+
+    threads = threads or max(1, usable_cores() // nprocs)
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_local_worker, args=(fn, args, nprocs, free_port(), threads, results), nprocs=nprocs,
+                       join=True, start_method="spawn")
+    return results.get() if not results.empty() else None
+
+
 def _all_reduce(value: torch.Tensor, op) -> torch.Tensor:
     """A reduced copy of ``value`` over ranks (``value`` itself with one process)."""
     if not is_initialized():
