@@ -134,3 +134,9 @@ def test_spawn_local_raises_what_a_process_raised(tmp_path):
         spawn_local(_train_worker, 2, ("no_such_preset", [f"train.out_dir={tmp_path}"], False, False), threads=1)
     with pytest.raises(ValueError, match="nprocs must be >= 1, got 0"):
         spawn_local(_train_worker, 0)
+
+
+def test_spawn_local_returns_rank_0s_result_however_large():
+    """Rank 0's result comes back, also one larger than a pipe's buffer (read while the processes run; waiting for
+    them first would leave rank 0 blocked on the write)."""
+    assert spawn_local(bytes, 2, (2**20,), threads=1) == bytes(2**20)

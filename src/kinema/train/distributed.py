@@ -118,9 +118,15 @@ def spawn_local(fn, nprocs: int, args: tuple = (), *, threads: Optional[int] = N
 
     threads = threads or max(1, usable_cores() // nprocs)
     results = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_local_worker, args=(fn, args, nprocs, free_port(), threads, results), nprocs=nprocs,
-                       join=True, start_method="spawn")
-    return results.get() if not results.empty() else None
+    procs = mp.start_processes(_local_worker, args=(fn, args, nprocs, free_port(), threads, results), nprocs=nprocs,
+                               join=False, start_method="spawn")
+    out = []
+    while True:  # drain the queue while waiting: a result larger than a pipe's buffer would block its writer
+        done = procs.join(timeout=0.5)  # raises, naming the process, if one failed
+        while not results.empty():
+            out.append(results.get())
+        if done:
+            return out[0] if out else None
 
 
 def _all_reduce(value: torch.Tensor, op) -> torch.Tensor:
