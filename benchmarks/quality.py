@@ -38,7 +38,7 @@ from kinema.metrics.consistency import consistency, repeat_frames
 from kinema.metrics.features import extract_features, preprocess_i3d
 from kinema.metrics.frechet import GaussianStats, frechet_from_stats
 from kinema.metrics.i3d import load_i3d
-from kinema.cli import DEMO_PROMPTS, _train_worker, demo_processes
+from kinema.cli import DEMO_PROMPTS, demo_processes, train_preset
 from kinema.pipelines.sample import make_conditioning, sample_videos
 from kinema.system import load_system, resolve_device
 from kinema.train.distributed import spawn_local
@@ -92,22 +92,22 @@ def main() -> None:
                  f"train.device={args.device}", *args.overrides]
     cfg = load_config(args.preset, overrides)
     shapes = cfg.data.dataset == "bouncing_shapes"
+    device = resolve_device(args.device)
     fvd = None
     if not args.no_fvd:
-        fvd = FVD(reference_videos(cfg, args.reference or args.num), args.weights, resolve_device(args.device))
+        fvd = FVD(reference_videos(cfg, args.reference or args.num), args.weights, device)
     fresh = cfg.train.lr_decay_over == "minutes"  # each point is its own run, its cosine ending with it
-    device = resolve_device(args.device)
     procs = demo_processes(args.procs, device, cfg.train.batch_size)
     trained_s = 0.0
     for k in range(1, args.points + 1):
         if fresh:
             run = out / f"run-{k}"
             point = overrides + [f"train.minutes={segment * k}", f"train.out_dir={run}"]
-            summary = spawn_local(_train_worker, procs, (args.preset, point, False, True))
+            summary = spawn_local(train_preset, procs, (args.preset, point, False, True))
             trained_s = summary["seconds"]
         else:
             run = out / "run"
-            summary = spawn_local(_train_worker, procs, (args.preset, overrides, k > 1, k == 1))
+            summary = spawn_local(train_preset, procs, (args.preset, overrides, k > 1, k == 1))
             trained_s += summary["seconds"]
         start = time.perf_counter()
         system, _ = load_system(run, ema=True, device=device)

@@ -23,11 +23,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from kinema.config import load_config
-    from kinema.train.loop import Trainer
-
-    cfg = load_config(args.config, args.overrides)
-    summary = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
+    summary = train_preset(args.config, args.overrides, args.resume, args.overwrite)
     _print0(f"trained {summary['steps']} steps (now at step {summary['final_step']}) in "
             f"{summary['seconds']:.0f} s; run directory: {summary['out_dir']}")
     return 0
@@ -344,8 +340,9 @@ def demo_processes(procs: str, device, batch_size: int) -> int:
     return n
 
 
-def _train_worker(preset: str, overrides: list[str], resume: bool, overwrite: bool) -> dict:
-    """Train ``preset`` with ``overrides`` in this process (one rank under :func:`spawn_local`); the summary."""
+def train_preset(preset: str, overrides: list[str], resume: bool, overwrite: bool) -> dict:
+    """Train ``preset`` with ``overrides`` in this process (`kinema train`, or one rank under :func:`spawn_local`);
+    the trainer's summary."""
     from kinema.config import load_config
     from kinema.train.loop import Trainer
 
@@ -375,7 +372,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     where = f"{device}, {procs} processes" if procs > 1 else f"{device}"
     print(f"kinema demo: training a small text-to-video diffusion model on bouncing shapes for up to "
           f"{args.minutes} min ({cfg.train.steps} steps max) on {where}...")
-    summary = spawn_local(_train_worker, procs, ("demo_text", overrides, args.resume, args.overwrite))
+    summary = spawn_local(train_preset, procs, ("demo_text", overrides, args.resume, args.overwrite))
     system, _ = load_system(out, ema=True, device=device)
     prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)] if system.spec.text_dim else None
     cond = make_conditioning(system, args.num, prompts=prompts) if prompts else None

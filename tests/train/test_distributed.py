@@ -128,12 +128,12 @@ def test_ranks_agree_on_a_schedule_that_follows_the_clock(tmp_path):
 def test_spawn_local_raises_what_a_process_raised(tmp_path):
     """An error inside one of the spawned processes (here: an unknown preset in both) is raised in the caller,
     with the process's message, instead of hanging or being lost."""
-    from kinema.cli import _train_worker
+    from kinema.cli import train_preset
 
     with pytest.raises(Exception, match="no_such_preset"):
-        spawn_local(_train_worker, 2, ("no_such_preset", [f"train.out_dir={tmp_path}"], False, False), threads=1)
+        spawn_local(train_preset, 2, ("no_such_preset", [f"train.out_dir={tmp_path}"], False, False), threads=1)
     with pytest.raises(ValueError, match="nprocs must be >= 1, got 0"):
-        spawn_local(_train_worker, 0)
+        spawn_local(train_preset, 0)
 
 
 def test_spawn_local_returns_rank_0s_result_however_large():

@@ -120,13 +120,13 @@ def spawn_local(fn, nprocs: int, args: tuple = (), *, threads: Optional[int] = N
     results = mp.get_context("spawn").SimpleQueue()
     procs = mp.start_processes(_local_worker, args=(fn, args, nprocs, free_port(), threads, results), nprocs=nprocs,
                                join=False, start_method="spawn")
-    out = []
-    while True:  # drain the queue while waiting: a result larger than a pipe's buffer would block its writer
+    out = None
+    while True:  # read rank 0's result while waiting: one larger than a pipe's buffer would block its writer
         done = procs.join(timeout=0.5)  # raises, naming the process, if one failed
-        while not results.empty():
-            out.append(results.get())
+        if not results.empty():
+            out = results.get()
         if done:
-            return out[0] if out else None
+            return out
 
 
 def _all_reduce(value: torch.Tensor, op) -> torch.Tensor:
