@@ -88,7 +88,8 @@ def main() -> None:
 
     out = Path(args.out)
     segment = args.minutes / args.points
-    overrides = [f"train.out_dir={out / 'run'}", f"train.minutes={segment}", "train.sample_every=0",
+    resumed = out / "run"  # the one run that each point resumes (presets whose cosine follows train.steps)
+    overrides = [f"train.out_dir={resumed}", f"train.minutes={segment}", "train.sample_every=0",
                  f"train.device={args.device}", *args.overrides]
     cfg = load_config(args.preset, overrides)
     shapes = cfg.data.dataset == "bouncing_shapes"
@@ -106,7 +107,7 @@ def main() -> None:
             summary = spawn_local(train_preset, procs, (args.preset, point, False, True))
             trained_s = summary["seconds"]
         else:
-            run = out / "run"
+            run = resumed
             summary = spawn_local(train_preset, procs, (args.preset, overrides, k > 1, k == 1))
             trained_s += summary["seconds"]
         start = time.perf_counter()
