@@ -15,6 +15,7 @@ overridden) with `kinema demo`'s 8 prompts cycled, and prints one JSON line per 
         train.seed=1 train.out_dir=runs/s1
     python benchmarks/demo_eval.py runs/s1                                          # the config's w (4)
     python benchmarks/demo_eval.py runs/s1 --guidance 1 2 4 --steps 32
+    python benchmarks/demo_eval.py runs/s1 --interval=-4:0                            # guided at -4 <= log-SNR < 0
 
 Note that the first 8 of ``--num`` samples are not the demo's own 8 rows: the demo samples 8 in one batch,
 so its noise differs (``--num 8`` reproduces them).
@@ -57,6 +58,20 @@ def score(videos: torch.Tensor, prompts: list[str]) -> dict:
     }
 
 
+def parse_interval(text: str, parser: argparse.ArgumentParser):
+    """``--interval``: 'config', 'none', 'HI' or 'LO:HI' (log-SNR; an empty end is unbounded)."""
+    if text in ("config", "none"):
+        return None if text == "none" else text
+    lo, _, hi = text.rpartition(":") if ":" in text else ("", "", text)
+    try:
+        bounds = tuple(float(v) if v.strip() else None for v in (lo, hi))
+    except ValueError:
+        parser.error(f"--interval must be 'config', 'none', HI or LO:HI (log-SNR numbers), got {text!r}")
+    if bounds[0] is not None and bounds[1] is not None and not bounds[0] < bounds[1]:
+        parser.error(f"--interval needs LO < HI, got {text!r}")
+    return bounds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory or checkpoint of a text-conditional bouncing-shapes model")
@@ -66,7 +81,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default=None)
     p.add_argument("--interval", default="config",
-                   help="guide only below this log-SNR ('none': at every step; default: the config's interval)")
+                   help="guide only below this log-SNR, or in LO:HI (either end may be empty: ':0' is '0'; "
+                        "--interval=-6:0 also leaves the highest-noise steps unguided); 'none': at every step; "
+                        "default: the config's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", default=None,
@@ -81,8 +98,7 @@ def main() -> None:
         p.error(f"{ckpt} is not text-conditional: this benchmark samples with the demo's prompts")
     prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.num)]
     cond = make_conditioning(system, args.num, prompts=prompts)
-    interval = ("config" if args.interval == "config" else None if args.interval == "none"
-                else (None, float(args.interval)))
+    interval = parse_interval(args.interval, p)
     for w in args.guidance:
         start = time.time()
         videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed, cond=cond,
