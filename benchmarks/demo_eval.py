@@ -32,6 +32,7 @@ import torch
 
 from kinema.cli import DEMO_PROMPTS
 from kinema.data.io import write_video
+from kinema.diffusion.guidance import check_interval
 from kinema.metrics.consistency import consistency, frame_objects
 from kinema.metrics.prompt_following import prompt_following
 from kinema.pipelines.sample import make_conditioning, sample_videos
@@ -62,14 +63,11 @@ def parse_interval(text: str, parser: argparse.ArgumentParser):
     """``--interval``: 'config', 'none', 'HI' or 'LO:HI' (log-SNR; an empty end is unbounded)."""
     if text in ("config", "none"):
         return None if text == "none" else text
-    lo, _, hi = text.rpartition(":") if ":" in text else ("", "", text)
+    lo, _, hi = text.rpartition(":")
     try:
-        bounds = tuple(float(v) if v.strip() else None for v in (lo, hi))
-    except ValueError:
-        parser.error(f"--interval must be 'config', 'none', HI or LO:HI (log-SNR numbers), got {text!r}")
-    if bounds[0] is not None and bounds[1] is not None and not bounds[0] < bounds[1]:
-        parser.error(f"--interval needs LO < HI, got {text!r}")
-    return bounds
+        return check_interval([float(v) if v.strip() else None for v in (lo, hi)], "--interval")
+    except ValueError as err:
+        parser.error(f"{err} (from {text!r}; write 'config', 'none', HI or LO:HI)")
 
 
 def main() -> None:
