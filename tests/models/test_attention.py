@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kinema.conditioning import Conditioning
-from kinema.models.attention import (SpatialAttention, TemporalAttention, _stride0_bias, frame_attention_bias,
+from kinema.models.attention import (SpacetimeAttention, SpatialAttention, TemporalAttention, _stride0_bias, frame_attention_bias,
                                      frame_positions, relative_position_bucket)
 
 
@@ -171,3 +171,40 @@ def test_attention_single_frame_and_channels_last(layer_cls):
 def test_heads_must_divide_channels():
     with pytest.raises(ValueError, match="100 channels"):
         SpatialAttention(100, head_dim=32)
+
+
+def test_spacetime_attention_matches_naive_reference_with_bias_and_segments():
+    """Every position of every frame is a token; the bias of a pair of tokens is their frames' relative
+    position bias, -inf across segments."""
+    layer = randomize(SpacetimeAttention(8, head_dim=4, norm_groups=2, frame_position=True))
+    x = torch.randn(2, 8, 4, 2, 3)
+    segments = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 0]])
+    cond = Conditioning(frame_segments=segments)
+    frame_bias = frame_attention_bias(segments, layer.rel_pos(4))  # [B, heads, F, F]
+    bias = frame_bias.repeat_interleave(6, -1).repeat_interleave(6, -2)  # [B, heads, F*HW, F*HW]
+    tokens = layer.norm(x).permute(0, 2, 3, 4, 1)  # [B, F, H, W, C]
+    pos = frame_positions(4, segments)  # [B, F]: 0 1 0 0 / 0 1 2 3
+    tokens = tokens + layer.frame_pos(sinusoidal(pos, layer.POSITION_FEATURES))[:, :, None, None]
+    ref = naive_attention(tokens.reshape(2, 24, 8), layer, bias).reshape(2, 4, 2, 3, 8).permute(0, 4, 1, 2, 3)
+    torch.testing.assert_close(layer(x, cond), x + ref, rtol=1e-5, atol=1e-5)
+
+
+def sinusoidal(pos, features):
+    from kinema.models.blocks import sinusoidal_embedding
+    return sinusoidal_embedding(pos.flatten(), features, max_period=100.0).reshape(*pos.shape, features)
+
+
+def test_spacetime_attention_reads_other_positions_of_other_frames_and_no_other_segment():
+    """A poke at one position of frame 1 reaches another position of frame 0 (temporal attention links
+    only the same position), but not the frames of another segment."""
+    x = torch.randn(1, 8, 4, 3, 3)
+    poked = x.clone()
+    poked[:, :, 1, 0, 0] += 1.0
+    joint = randomize(SpacetimeAttention(8, head_dim=4, norm_groups=2))
+    factorized = randomize(TemporalAttention(8, head_dim=4, norm_groups=2))
+    joint.norm = factorized.norm = torch.nn.Identity()  # a frame's norm statistics would carry the poke too
+    assert (joint(poked) - joint(x))[:, :, 0, 2, 2].abs().max() > 1e-3
+    assert (factorized(poked) - factorized(x))[:, :, 0, 2, 2].abs().max() == 0
+    cond = Conditioning(frame_segments=torch.tensor([[0, 0, 1, 1]]))
+    change = (joint(poked, cond) - joint(x, cond)).abs().amax(dim=(0, 1, 3, 4))
+    assert change[0] > 1e-3 and change[2] == 0 and change[3] == 0

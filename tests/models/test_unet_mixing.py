@@ -1,4 +1,4 @@
-"""Per-level temporal mixing of the U-Net (attention | conv | none): the default keeps the VDM layout,
+"""Per-level temporal mixing of the U-Net (attention | spacetime | conv | none): the default keeps the VDM layout,
 a convolution-only stage runs at sizes and frame counts other than the trained ones and mixes frames
 only locally, 'none' mixes no frames at all."""
 
@@ -7,7 +7,7 @@ import torch
 
 from model_helpers import randomize
 from kinema.conditioning import Conditioning
-from kinema.models.attention import SpatialAttention, TemporalAttention
+from kinema.models.attention import SpacetimeAttention, SpatialAttention, TemporalAttention
 from kinema.models.blocks import TemporalConv
 from kinema.models.unet import UNet3D, UNetConfig
 
@@ -33,6 +33,9 @@ def test_per_level_choices_build_the_named_layers():
     assert count(net, SpatialAttention) == 0
     # level 1: 1 down + 2 up blocks attend over time; level 0: 1 down + 2 up convolve; middle: conv-less none
     assert count(net, TemporalAttention) == 3 and count(net, TemporalConv) == 3
+    joint = UNet3D(UNetConfig(**SMALL, attn_levels=(1,), temporal_mixing=("none", "spacetime")))
+    # level 1 (1 down + 2 up) and the middle block attend over space and time jointly
+    assert count(joint, SpacetimeAttention) == 4 and count(joint, TemporalAttention) == 4
     with pytest.raises(ValueError, match="one entry per level"):
         UNetConfig(**SMALL, temporal_mixing=("conv",))
     with pytest.raises(ValueError, match="unknown entries"):

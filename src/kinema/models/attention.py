@@ -140,21 +140,49 @@ class TemporalAttention(_SelfAttention):
         # neighbours are, not where in the clip it is
         self.frame_pos = nn.Linear(self.POSITION_FEATURES, channels) if frame_position else None
 
+    def _frame_embedding(self, frames: int, segments: Optional[Tensor], like: Tensor) -> Tensor:
+        """``frame_pos`` of each frame's index in its segment: ``[1|B, F, C]`` in ``like``'s dtype."""
+        pos = frame_positions(frames, segments, like.device)  # [1|B, F]
+        emb = sinusoidal_embedding(pos.flatten(), self.POSITION_FEATURES, max_period=100.0)
+        return self.frame_pos(emb.to(like.dtype)).reshape(pos.shape[0], frames, -1)
+
     def forward(self, x: Tensor, cond=None) -> Tensor:
         b, c, f, h, w = x.shape
         segments = getattr(cond, "frame_segments", None)
         tokens = rearrange(self.norm(x), "b c f h w -> b (h w) f c")
         if self.frame_pos is not None:
-            pos = frame_positions(f, segments, x.device)  # [1|B, F]
-            emb = sinusoidal_embedding(pos.flatten(), self.POSITION_FEATURES, max_period=100.0)
-            emb = self.frame_pos(emb.to(tokens.dtype)).reshape(pos.shape[0], 1, f, c)
-            tokens = tokens + emb
+            tokens = tokens + self._frame_embedding(f, segments, tokens)[:, None]
         q, k, v = rearrange(self.qkv(tokens), "b l f (three heads d) -> three (b heads) l f d",
                             three=3, heads=self.heads)  # each [(B heads), HW, F, d]
         bias = _stride0_bias(frame_attention_bias(segments, self.rel_pos(f, x.device)), b, h * w, q.dtype)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [(B heads), HW, F, d]
         o = self.out(rearrange(o, "(b heads) l f d -> b l f (heads d)", b=b))  # [B, HW, F, C]
         return x + rearrange(o, "b (h w) f c -> b c f h w", h=h)
+
+
+class SpacetimeAttention(TemporalAttention):
+    """Joint self-attention over all F*H*W positions of a clip (``'b c f h w -> b (f h w) c'``), the
+    full space-time attention that W.A.L.T's spatiotemporal windows take at the size of the whole
+    clip: a moving object's tokens in one frame read its tokens in every other frame wherever they
+    are, where factorized temporal attention links only the same position across frames. Keys carry
+    the temporal relative position bias (per pair of frames, the same for every pair of positions)
+    and, with ``frame_position``, queries and keys carry the frame index; segments of
+    ``cond.frame_segments`` stay masked from each other. The bias is materialized as
+    ``[B|1, heads, FHW, FHW]``, so this is meant for coarse levels (a few hundred tokens)."""
+
+    def forward(self, x: Tensor, cond=None) -> Tensor:
+        b, c, f, h, w = x.shape
+        segments = getattr(cond, "frame_segments", None)
+        tokens = rearrange(self.norm(x), "b c f h w -> b f (h w) c")
+        if self.frame_pos is not None:
+            tokens = tokens + self._frame_embedding(f, segments, tokens)[:, :, None]
+        q, k, v = rearrange(self.qkv(tokens), "b f l (three heads d) -> three b heads (f l) d",
+                            three=3, heads=self.heads)  # each [B, heads, FHW, d]
+        bias = frame_attention_bias(segments, self.rel_pos(f, x.device)).to(q.dtype)  # [B|1, heads, F, F]
+        bias = bias.repeat_interleave(h * w, dim=-1).repeat_interleave(h * w, dim=-2)  # [B|1, heads, FHW, FHW]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, heads, FHW, d]
+        o = self.out(rearrange(o, "b heads l d -> b l (heads d)"))  # [B, FHW, C]
+        return x + rearrange(o, "b (f h w) c -> b c f h w", f=f, h=h)
 
 
 class TextCrossAttention(_Attention):

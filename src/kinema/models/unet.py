@@ -7,7 +7,8 @@ frames (with a relative position bias), down/upsampling act on H and W only, and
 cross-attention plus a pooled embedding (see :class:`UNet3D`). Frames interact only in
 temporal layers, and those obey ``Conditioning.frame_segments``, so one batch can mix video clips
 and independent images (joint image-video training, VDM section 3). With
-``temporal_mixing`` the temporal layer is chosen per level: temporal attention, a temporal
+``temporal_mixing`` the temporal layer is chosen per level: temporal attention, joint space-time
+attention over all F*H*W positions (coarse levels), a temporal
 convolution (kernel 3 over frames, zero-initialized residual) or none, so the high-resolution
 levels of a super-resolution stage can be convolutional only (Imagen Video, Ho et al. 2022,
 section 2.2: its SSR models use temporal convolutions instead of temporal attention, and with
@@ -28,13 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from kinema.models.attention import SpatialAttention, TemporalAttention, TextCrossAttention
+from kinema.models.attention import SpacetimeAttention, SpatialAttention, TemporalAttention, TextCrossAttention
 from kinema.models.backbone import BackboneSpec, with_estimate
 from kinema.models.blocks import (Downsample, FrameGroupNorm, ResBlock, TemporalConv, Upsample, group_norm, space_conv,
                                   zero_init_residual_outputs)
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
-TEMPORAL_MIXING = ("attention", "conv", "none")  # per-level choices of UNetConfig.temporal_mixing
+TEMPORAL_MIXING = ("attention", "spacetime", "conv", "none")  # per-level choices of UNetConfig.temporal_mixing
 
 
 @dataclass
@@ -52,7 +53,8 @@ class UNetConfig:
     temporal_attention: bool = True  # False: a TemporalConv after every ResBlock instead (IV SR models)
     # Per level (one entry per dim_mults; () = from temporal_attention): attention | conv | none. attention:
     # temporal attention after each block of the level; conv: a TemporalConv after each block; none: no frame mixing
-    temporal_mixing: tuple[Literal["attention", "conv", "none"], ...] = ()
+    # spacetime: joint attention over every position of every frame instead of temporal attention (coarse levels)
+    temporal_mixing: tuple[Literal["attention", "spacetime", "conv", "none"], ...] = ()
     middle_attention: bool = True  # spatial (+ temporal, by the last level's mixing) attention in the middle block
     rel_pos_max_distance: int = 32  # T5-style bucketed relative position bias of temporal attention
     rel_pos_buckets: int = 32
@@ -120,7 +122,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.rel_pos_max_distance must exceed rel_pos_buckets // 4 = "
                              f"{self.rel_pos_buckets // 4}, got {self.rel_pos_max_distance}")
         middle = {len(self.dim_mults) - 1} if self.middle_attention else set()
-        temporal = {lv for lv, m in enumerate(self.level_mixing()) if m == "attention"}
+        temporal = {lv for lv, m in enumerate(self.level_mixing()) if m in ("attention", "spacetime")}
         for level in set(self.attn_levels) | middle | temporal:
             ch = self.dim * self.dim_mults[level]
             heads = max(1, ch // self.head_dim)
@@ -260,8 +262,9 @@ class UNet3D(nn.Module):
         layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
         if attend and cfg.text_dim > 0:
             layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
-        if temporal == "attention":
-            layers.append(TemporalAttention(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
+        if temporal in ("attention", "spacetime"):
+            kind = TemporalAttention if temporal == "attention" else SpacetimeAttention
+            layers.append(kind(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
                                             cfg.rel_pos_max_distance, cfg.frame_position))
         elif temporal == "conv":
             layers.append(TemporalConv(ch, cfg.norm_groups))
