@@ -164,7 +164,7 @@ class SpacetimeAttention(TemporalAttention):
     """Joint self-attention over all F*H*W positions of a clip (``'b c f h w -> b (f h w) c'``), the
     full space-time attention that W.A.L.T's spatiotemporal windows take at the size of the whole
     clip: a moving object's tokens in one frame read its tokens in every other frame wherever they
-    are, where factorized temporal attention links only the same position across frames. Keys carry
+    are, where factorized temporal attention links only the same position across frames. The scores carry
     the temporal relative position bias (per pair of frames, the same for every pair of positions)
     and, with ``frame_position``, queries and keys carry the frame index; segments of
     ``cond.frame_segments`` stay masked from each other. The bias is materialized as
