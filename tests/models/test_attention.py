@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from kinema.conditioning import Conditioning
-from kinema.models.attention import (SpacetimeAttention, SpatialAttention, TemporalAttention, _stride0_bias, frame_attention_bias,
-                                     frame_positions, relative_position_bucket)
+from kinema.models.attention import (SpacetimeAttention, SpatialAttention, TemporalAttention, _stride0_bias,
+                                     frame_attention_bias, frame_positions, relative_position_bucket)
+from kinema.models.blocks import sinusoidal_embedding
 
 
 def naive_attention(tokens, layer, bias=None):
@@ -173,6 +174,11 @@ def test_heads_must_divide_channels():
         SpatialAttention(100, head_dim=32)
 
 
+def sinusoidal(pos, features):
+    """The frame-index features of ``pos [B, F]``: ``[B, F, features]``."""
+    return sinusoidal_embedding(pos.flatten(), features, max_period=100.0).reshape(*pos.shape, features)
+
+
 def test_spacetime_attention_matches_naive_reference_with_bias_and_segments():
     """Every position of every frame is a token; the bias of a pair of tokens is their frames' relative
     position bias, -inf across segments."""
@@ -187,11 +193,6 @@ def test_spacetime_attention_matches_naive_reference_with_bias_and_segments():
     tokens = tokens + layer.frame_pos(sinusoidal(pos, layer.POSITION_FEATURES))[:, :, None, None]
     ref = naive_attention(tokens.reshape(2, 24, 8), layer, bias).reshape(2, 4, 2, 3, 8).permute(0, 4, 1, 2, 3)
     torch.testing.assert_close(layer(x, cond), x + ref, rtol=1e-5, atol=1e-5)
-
-
-def sinusoidal(pos, features):
-    from kinema.models.blocks import sinusoidal_embedding
-    return sinusoidal_embedding(pos.flatten(), features, max_period=100.0).reshape(*pos.shape, features)
 
 
 def test_spacetime_attention_reads_other_positions_of_other_frames_and_no_other_segment():

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from kinema.models.blocks import ResidualBranch, frame_positions, group_norm, sinusoidal_embedding
@@ -171,7 +171,7 @@ class SpacetimeAttention(TemporalAttention):
     ``[B|1, heads, FHW, FHW]``, so this is meant for coarse levels (a few hundred tokens)."""
 
     def forward(self, x: Tensor, cond=None) -> Tensor:
-        b, c, f, h, w = x.shape
+        f, h, w = x.shape[2:]
         segments = getattr(cond, "frame_segments", None)
         tokens = rearrange(self.norm(x), "b c f h w -> b f (h w) c")
         if self.frame_pos is not None:
@@ -179,7 +179,7 @@ class SpacetimeAttention(TemporalAttention):
         q, k, v = rearrange(self.qkv(tokens), "b f l (three heads d) -> three b heads (f l) d",
                             three=3, heads=self.heads)  # each [B, heads, FHW, d]
         bias = frame_attention_bias(segments, self.rel_pos(f, x.device)).to(q.dtype)  # [B|1, heads, F, F]
-        bias = bias.repeat_interleave(h * w, dim=-1).repeat_interleave(h * w, dim=-2)  # [B|1, heads, FHW, FHW]
+        bias = repeat(bias, "b heads i j -> b heads (i p) (j q)", p=h * w, q=h * w)  # [B|1, heads, FHW, FHW]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, heads, FHW, d]
         o = self.out(rearrange(o, "b heads l d -> b l (heads d)"))  # [B, FHW, C]
         return x + rearrange(o, "b (f h w) c -> b c f h w", f=f, h=h)

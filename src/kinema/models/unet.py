@@ -36,6 +36,7 @@ from kinema.models.blocks import (Downsample, FrameGroupNorm, ResBlock, Temporal
 from kinema.models.embeddings import SCALAR_CONDITIONS, ConditioningEmbedding, conditioning_channels
 
 TEMPORAL_MIXING = ("attention", "spacetime", "conv", "none")  # per-level choices of UNetConfig.temporal_mixing
+ATTENTION_MIXING = {"attention": TemporalAttention, "spacetime": SpacetimeAttention}  # the choices that attend
 
 
 @dataclass
@@ -122,7 +123,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.rel_pos_max_distance must exceed rel_pos_buckets // 4 = "
                              f"{self.rel_pos_buckets // 4}, got {self.rel_pos_max_distance}")
         middle = {len(self.dim_mults) - 1} if self.middle_attention else set()
-        temporal = {lv for lv, m in enumerate(self.level_mixing()) if m in ("attention", "spacetime")}
+        temporal = {lv for lv, m in enumerate(self.level_mixing()) if m in ATTENTION_MIXING}
         for level in set(self.attn_levels) | middle | temporal:
             ch = self.dim * self.dim_mults[level]
             heads = max(1, ch // self.head_dim)
@@ -262,10 +263,9 @@ class UNet3D(nn.Module):
         layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
         if attend and cfg.text_dim > 0:
             layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
-        if temporal in ("attention", "spacetime"):
-            kind = TemporalAttention if temporal == "attention" else SpacetimeAttention
-            layers.append(kind(ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
-                                            cfg.rel_pos_max_distance, cfg.frame_position))
+        if temporal in ATTENTION_MIXING:
+            layers.append(ATTENTION_MIXING[temporal](ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
+                                                     cfg.rel_pos_max_distance, cfg.frame_position))
         elif temporal == "conv":
             layers.append(TemporalConv(ch, cfg.norm_groups))
         return layers
