@@ -131,6 +131,8 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 2e-4
+    # adamw, or muon: Muon on the weight matrices (linear and conv kernels), AdamW on the rest (train/optim.py)
+    optimizer: Literal["adamw", "muon"] = "adamw"
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99

@@ -55,6 +55,7 @@ from kinema.train.distributed import (PARALLEL_MODES, all_reduce_max, all_reduce
                                      full_tensor, gather_objects, init_from_env, is_main, local_slice, print0, rank,
                                      wrap_for_parallel, world_size)
 from kinema.train.ema import EMA
+from kinema.train.optim import Muon
 from kinema.train.progress import BudgetBar
 from kinema.train.rundir import config_changes, locked_fit, prepare_run_dir
 from kinema.validate import check_train_config
@@ -189,9 +190,9 @@ class Trainer:
                 ckpt_io.load_model_state(module, state, last)
         self.net = self._wrap_model()
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)  # trainable parameters only
-        self.optimizer = self._adamw(self.model, t.lr)
+        self.optimizer = self._optimizer(self.model, t.lr)
         self.optimizers = {MODEL: self.optimizer,  # one per trainable part, each at its own base lr
-                           **{k: self._adamw(p.module, t.lr if p.lr is None else p.lr) for k, p in self.parts.items()}}
+                           **{k: self._optimizer(p.module, t.lr if p.lr is None else p.lr) for k, p in self.parts.items()}}
         self.base_lr = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
         if last is not None:
             self._resume(last)
@@ -199,8 +200,14 @@ class Trainer:
 
     # ---- setup helpers -----------------------------------------------------------------------------
 
-    def _adamw(self, module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    def _optimizer(self, module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        """``train.optimizer`` over ``module``'s trainable parameters: AdamW, or Muon (:mod:`kinema.train.optim`)."""
         t = self.cfg.train
+        if t.optimizer == "muon":
+            if self.parallel == "fsdp":
+                raise ValueError("train.optimizer=muon orthogonalizes whole weight matrices, which train.parallel=fsdp "
+                                 "shards across ranks; use train.parallel=ddp or train.optimizer=adamw")
+            return Muon.for_module(module, lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
         return torch.optim.AdamW([p for _, p in named_trainable_parameters(module)], lr=lr, betas=(t.beta1, t.beta2),
                                  weight_decay=t.weight_decay, fused=self.device.type == "cuda")
 
