@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                      # widths 64 and 128, batches 8 16 32, on CUDA
     python benchmarks/throughput.py --width 64 --mode train --compile --channels-last
     python benchmarks/throughput.py --tiny               # a tiny size that runs on CPU in seconds
+    python benchmarks/throughput.py --mode train --optimizer adamw muon --width 64 --batch 8   # the step with each
     python benchmarks/throughput.py --backbone unet walt --width 128 --batch 8   # W.A.L.T at the U-Net's size
     python benchmarks/throughput.py --backbone walt --walt-hidden 1024 --walt-depth 24 --batch 8
 
@@ -12,8 +13,8 @@ that U-Net's parameter count within 10 % (``walt_args.match_walt``: with ``--wal
 depth is chosen, else hidden and depth, nearest the paper's depth/hidden shape); its rows say
 ``matched_to``. Both take the same z ``[B, 3, frames, size, size]``.
 
-Modes: train = the trainer's step (v-loss, backward, gradient clipping, fused AdamW on CUDA, EMA
-update); denoise = one network evaluation under inference_mode; guided = one classifier-free-guided
+Modes: train = the trainer's step (v-loss, backward, gradient clipping, fused AdamW on CUDA or
+``--optimizer muon``, EMA update); denoise = one network evaluation under inference_mode; guided = one classifier-free-guided
 evaluation (conditional and unconditional halves batched into one forward of 2B videos, then
 mixed), what each sampling step costs with guidance. Options --compile, --channels-last (U-Net only),
 --checkpointing (activation checkpointing per block, both backbones) and --attention (the SDPA kernel:
@@ -46,6 +47,7 @@ from kinema.diffusion.guidance import guided_denoiser
 from kinema.diffusion.objective import Denoiser, diffusion_loss
 from kinema.models import UNet3D, WALT
 from kinema.train.ema import EMA
+from kinema.train.optim import Muon
 from unet_args import add_unet_args, unet_config
 from walt_args import add_walt_args, match_walt, walt_config, walt_name
 
@@ -109,7 +111,8 @@ def backbones(args, width: int) -> list[tuple[str, object, dict]]:
     return out
 
 
-def run_one(args, backbone: str, cfg, batch: int, mode: str, device: torch.device, peak: float) -> dict:
+def run_one(args, backbone: str, cfg, batch: int, mode: str, device: torch.device, peak: float,
+            optimizer: str = "adamw") -> dict:
     torch.manual_seed(0)
     model = (UNet3D(cfg) if backbone == "unet3d" else WALT(cfg)).to(device)
     channels_last = args.channels_last and backbone == "unet3d"
@@ -120,7 +123,10 @@ def run_one(args, backbone: str, cfg, batch: int, mode: str, device: torch.devic
     x = torch.randn(batch, 3, args.frames, args.size, args.size, device=device).clamp(-1, 1)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    if optimizer == "muon":  # Muon on the weight matrices, AdamW on the rest (kinema.train.optim)
+        opt = Muon.for_module(model, 1e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     ema = EMA(model, 0.999)
     logsnr = torch.zeros(batch, device=device)
     labels = torch.arange(batch, device=device) % max(args.num_classes, 1)
@@ -172,6 +178,7 @@ def run_one(args, backbone: str, cfg, batch: int, mode: str, device: torch.devic
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": "bf16" if amp is not None else "fp32", "compile": args.compile, "channels_last": channels_last,
+        "optimizer": optimizer if mode == "train" else None,
         "checkpointing": args.checkpointing, "attention": args.attention,
     }
 
@@ -199,6 +206,8 @@ def main() -> None:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--optimizer", nargs="+", choices=["adamw", "muon"], default=["adamw"],
+                   help="the train step's optimizer (train.optimizer); several: one row each")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.tiny:
@@ -219,9 +228,9 @@ def main() -> None:
     for width in args.width:
         for backbone, cfg, extra in backbones(args, width):
             for batch in args.batch:
-                for mode in modes:
+                for mode, optimizer in [(m, o) for m in modes for o in (args.optimizer if m == "train" else ["adamw"])]:
                     try:
-                        row = {**run_one(args, backbone, cfg, batch, mode, device, peak), **extra}
+                        row = {**run_one(args, backbone, cfg, batch, mode, device, peak, optimizer), **extra}
                     except torch.cuda.OutOfMemoryError:
                         row = {"backbone": backbone, "mode": mode, "batch": batch, "oom": True, **extra}
                         torch.cuda.empty_cache()
