@@ -20,6 +20,7 @@ import json
 import torch
 from torch.utils.data import default_collate
 
+from kinema.checkpoint import load_meta
 from kinema.data.factory import build_dataset
 from kinema.diffusion.objective import Denoiser, coefficients
 from kinema.system import load_system
@@ -47,7 +48,7 @@ def denoising_error(run: str, num: int, levels: list[float], seed: int = 0, devi
         alpha, sigma = coefficients(logsnr, x)
         x_hat = denoise(alpha * x + sigma * noise, logsnr, cond).x
         errors[f"{level:g}"] = round(float((x_hat.float() - x.float()).pow(2).mean()), 6)
-    return {"checkpoint": str(ckpt), "step": int(ckpt.name.split("-")[-1]) if "-" in ckpt.name else None,
+    return {"checkpoint": str(ckpt), "step": load_meta(ckpt).get("step"),
             "num": num, "x_mse": errors}
 
 

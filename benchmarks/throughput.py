@@ -14,8 +14,8 @@ depth is chosen, else hidden and depth, nearest the paper's depth/hidden shape);
 ``matched_to``. Both take the same z ``[B, 3, frames, size, size]``.
 
 Modes: train = the trainer's step (v-loss, backward, gradient clipping, fused AdamW on CUDA or
-``--optimizer muon``, EMA update); denoise = one network evaluation under inference_mode; guided = one classifier-free-guided
-evaluation (conditional and unconditional halves batched into one forward of 2B videos, then
+``--optimizer muon``, EMA update); denoise = one network evaluation under inference_mode; guided = one
+classifier-free-guided evaluation (conditional and unconditional halves batched into one forward of 2B videos, then
 mixed), what each sampling step costs with guidance. Options --compile, --channels-last (U-Net only),
 --checkpointing (activation checkpointing per block, both backbones) and --attention (the SDPA kernel:
 auto, flash, efficient, math) make their effect measurable.

@@ -192,7 +192,8 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)  # trainable parameters only
         self.optimizer = self._optimizer(self.model, t.lr)
         self.optimizers = {MODEL: self.optimizer,  # one per trainable part, each at its own base lr
-                           **{k: self._optimizer(p.module, t.lr if p.lr is None else p.lr) for k, p in self.parts.items()}}
+                           **{k: self._optimizer(p.module, t.lr if p.lr is None else p.lr)
+                              for k, p in self.parts.items()}}
         self.base_lr = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
         if last is not None:
             self._resume(last)

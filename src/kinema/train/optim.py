@@ -18,6 +18,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from kinema.system import named_trainable_parameters
+
 # the quintic's coefficients (Jordan et al. 2024): they push singular values in (0, 1] towards [0.7, 1.2] in 5 steps
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # whose weights Muon steps
@@ -46,9 +48,8 @@ def muon_parameters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     when they are 2-D (embeddings, position tables, learned null tokens)."""
     layers = {id(m.weight) for m in module.modules() if isinstance(m, LAYERS) and m.weight is not None}
     matrices, rest = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (matrices if id(p) in layers and p.ndim >= 2 else rest).append(p)
+    for _, p in named_trainable_parameters(module):
+        (matrices if id(p) in layers and p.ndim >= 2 else rest).append(p)
     return matrices, rest
 
 
