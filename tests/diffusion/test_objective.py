@@ -1,8 +1,12 @@
 import pytest
 import torch
 
+from kinema.conditioning import Conditioning
+from kinema.config import load_config
 from kinema.diffusion.objective import (
     Denoiser,
+    LocalRandom,
+    TrainBatch,
     coefficients,
     diffusion_loss,
     loss_weight,
@@ -11,6 +15,7 @@ from kinema.diffusion.objective import (
     sample_t,
 )
 from kinema.diffusion.schedule import Schedule
+from kinema.system import build_objective
 
 
 def _setup(dtype=torch.float64):
@@ -154,3 +159,37 @@ def test_self_conditioned_net_feeds_a_stop_gradient_estimate_to_the_chosen_items
     assert torch.count_nonzero(x_hat[1]) == 0 and not x_hat.requires_grad
     out.sum().backward()
     torch.testing.assert_close(weight.grad, z.sum())  # the gradient flows through the second pass only
+
+
+def test_high_noise_weight_scales_the_high_noise_end_only():
+    lam = torch.tensor([-30.0, 0.0, 30.0], dtype=torch.float64)
+    for weighting in ("v", "x", "eps", "min_snr"):
+        base = loss_weight(lam, weighting, "v")
+        torch.testing.assert_close(loss_weight(lam, weighting, "v", high_noise_weight=1.0), base)
+        ratio = loss_weight(lam, weighting, "v", high_noise_weight=3.0) / base
+        torch.testing.assert_close(ratio, torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="high_noise_weight must be > 0, got 0"):
+        loss_weight(lam, "v", "v", high_noise_weight=0.0)
+
+
+def test_high_noise_weight_reaches_the_training_loss():
+    """diffusion.high_noise_weight goes from the config through build_objective into the objective's loss:
+    with the same draws, the loss of one clip is the plain loss times 1 + (h - 1) sigmoid(-lambda)."""
+    seen = []
+
+    def net(z, logsnr, cond):
+        seen.append(logsnr.double())
+        return 0.5 * z  # any fixed imperfect net
+
+    x = torch.randn(1, 3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    losses = {}
+    for h in (1.0, 3.0):
+        objective = build_objective(load_config("demo_text", [f"diffusion.high_noise_weight={h}"]))
+        assert objective.high_noise_weight == h
+        losses[h], _ = objective({"model": net}, TrainBatch(x, Conditioning(), {}),
+                                    LocalRandom(torch.Generator().manual_seed(0), 1))
+    torch.testing.assert_close(seen[0], seen[1])
+    factor = (1 + 2 * torch.sigmoid(-seen[0])).float()
+    torch.testing.assert_close(losses[3.0], losses[1.0] * factor[0])
+    with pytest.raises(ValueError, match="high_noise_weight must be > 0, got -1"):
+        build_objective(load_config("demo_text", ["diffusion.high_noise_weight=-1"]))

@@ -154,7 +154,8 @@ def sample_t(batch: int, method: str = "stratified", *, generator: Optional[torc
     raise ValueError(f"unknown t sampling {method!r}; choose one of {T_SAMPLINGS}")
 
 
-def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterization, min_snr_gamma: float = 5.0) -> Tensor:
+def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterization, min_snr_gamma: float = 5.0,
+                high_noise_weight: float = 1.0) -> Tensor:
     """Per-example factor that turns the MSE in the parameterization's own space into the
     chosen weighting. ``logsnr [B]`` -> ``[B]`` float64.
 
@@ -163,7 +164,12 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
     plain losses weigh by 1 (x), SNR (eps) and 1 + SNR (v), with SNR = exp(lambda). Min-SNR-gamma
     (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", eq. 6) weighs the
     x-error by min(SNR, gamma). The factor is w_target / w_parameterization.
+
+    ``high_noise_weight`` h multiplies any of them by 1 + (h - 1) sigmoid(-lambda): h at the
+    high-noise end, (1 + h) / 2 at lambda = 0, 1 at the low-noise end; h = 1 leaves the weighting as it is.
     """
+    if not high_noise_weight > 0:
+        raise ValueError(f"diffusion.high_noise_weight must be > 0, got {high_noise_weight}")
     _check_parameterization(parameterization)
     snr = torch.exp(logsnr.to(torch.float64))
     in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}
@@ -173,6 +179,8 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
         target = in_x_units[weighting]
     else:
         raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    if high_noise_weight != 1.0:
+        target = target * (1.0 + (high_noise_weight - 1.0) * torch.sigmoid(-logsnr.to(torch.float64)))
     return target / in_x_units[parameterization]
 
 
@@ -193,6 +201,7 @@ def diffusion_loss(
     parameterization: Parameterization = "v",
     weighting: str = "v",
     min_snr_gamma: float = 5.0,
+    high_noise_weight: float = 1.0,
     t_sampling: str = "stratified",
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
@@ -223,7 +232,7 @@ def diffusion_loss(
         per_example = (sq * fw).flatten(1).sum(1) / (fw.flatten(1).sum(1) * sq[0, :, 0].numel()).clamp_min(1e-8)
     else:
         per_example = sq.flatten(1).mean(1)
-    weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma).to(per_example)
+    weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma, high_noise_weight).to(per_example)
     per_example = per_example * weight
     return LossOutput(per_example.mean(), per_example, t, logsnr)
 
@@ -332,7 +341,8 @@ class DiffusionObjective:
     classifier-free guidance, adding known context frames. ``self_condition`` (a probability; 0: off)
     trains a backbone that reads ``cond.self_cond`` with :func:`self_conditioned`. Random draws, in order:
     the hooks', then t, then the noise, then (with self-conditioning) one U(0, 1) per item, all through
-    ``rng``. ``logs`` are detached scalar tensors (no host sync).
+    ``rng``. ``logs`` are detached scalar tensors (no host sync). ``high_noise_weight`` scales the
+    weighting towards the high-noise end (:func:`loss_weight`).
     """
 
     schedule: Schedule
@@ -343,10 +353,13 @@ class DiffusionObjective:
     hooks: tuple = ()
     self_condition: float = 0.0
     noise: NoisePrior = standard_normal  # the forward process's noise prior (diffusion/noise.py)
+    high_noise_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_condition <= 1.0:
             raise ValueError(f"self_condition is a probability in [0, 1], got {self.self_condition}")
+        if not self.high_noise_weight > 0:
+            raise ValueError(f"diffusion.high_noise_weight must be > 0, got {self.high_noise_weight}")
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
@@ -362,6 +375,7 @@ class DiffusionObjective:
         if self.self_condition > 0:
             net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization)
         out = diffusion_loss(net, x, cond, schedule=self.schedule, parameterization=self.parameterization,
-                             weighting=self.weighting, min_snr_gamma=self.min_snr_gamma, t=t, noise=noise,
+                             weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
+                             high_noise_weight=self.high_noise_weight, t=t, noise=noise,
                              frame_weight=frame_weight)
         return out.loss, {"loss": out.loss.detach()}
