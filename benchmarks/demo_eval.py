@@ -17,6 +17,11 @@ overridden) with `kinema demo`'s 8 prompts cycled, and prints one JSON line per 
     python benchmarks/demo_eval.py runs/s1 --guidance 1 2 4 --steps 32
     python benchmarks/demo_eval.py runs/s1 --interval=-4:0                            # guided at -4 <= log-SNR < 0
 
+``--trace`` also prints, for each sample that fails the shape check, the sampling step (and its log-SNR) from
+which the sampler's clean estimate x̂ fails that check at every later step: whether a clip's two shapes were set
+at the noisy first steps or only at the last ones. A last line sums those up. It checks every sample's x̂ at every
+step (a few seconds more).
+
 Note that the first 8 of ``--num`` samples are not the demo's own 8 rows: the demo samples 8 in one batch,
 so its noise differs (``--num 8`` reproduces them).
 """
@@ -33,7 +38,7 @@ import torch
 from kinema.cli import DEMO_PROMPTS
 from kinema.data.io import write_video
 from kinema.diffusion.guidance import check_interval
-from kinema.metrics.consistency import consistency, frame_objects
+from kinema.metrics.consistency import UNKNOWN, check_video, consistency, consistent_shape, frame_objects
 from kinema.metrics.prompt_following import prompt_following
 from kinema.pipelines.sample import make_conditioning, sample_videos
 from kinema.system import load_system
@@ -57,6 +62,48 @@ def score(videos: torch.Tensor, prompts: list[str]) -> dict:
         "object_px": float(np.median(pixels)),
         "num": len(videos),
     }
+
+
+def failing_since(passes: list[bool]) -> int:
+    """The first step from which the shape check fails at every later step (``passes``: one per step)."""
+    k = len(passes)
+    while k > 0 and not passes[k - 1]:
+        k -= 1
+    return k
+
+
+class ShapeTrace:
+    """``on_step`` hook of sample_videos: whether each sample's x̂ passes the shape check at every step."""
+
+    def __init__(self, system) -> None:
+        self.system, self.passes, self.logsnrs = system, {}, {}
+
+    def __call__(self, first: int, step: int, logsnr: float, x_hat: torch.Tensor) -> None:
+        self.logsnrs[step] = logsnr
+        frames = self.system.space.decode(x_hat).float().clamp(-1, 1).cpu()
+        for j, video in enumerate(frames):
+            objects = frame_objects(video)
+            ok = bool((objects["shape"] != UNKNOWN).all()) and consistent_shape(objects["ious"])
+            self.passes.setdefault(first + j, []).append(ok)
+
+    def report(self, videos: torch.Tensor, prompts: list[str], scored: dict) -> list[dict]:
+        """One row per failing sample, then a summary row."""
+        rows = []
+        for i, video in enumerate(videos):
+            check = check_video(video, scored["max_step"], scored["min_pixels"], scored["shape_tolerance"])
+            if check["passed"]:
+                continue
+            row = {"trace": i, "prompt": prompts[i], "failed": [c for c in ("present", "color", "shape", "motion")
+                                                                if not check[c]], "shapes": check["shapes"]}
+            if "shape" in row["failed"]:
+                k = failing_since(self.passes[i])
+                row.update(shape_fails_from_step=k, from_logsnr=round(self.logsnrs[k], 2))
+            rows.append(row)
+        flips = [r for r in rows if "shape" in r["failed"]]
+        rows.append({"trace_summary": {"failing": len(rows), "shape_failures": len(flips),
+                                       "set_at_logsnr_below_0": sum(r["from_logsnr"] < 0 for r in flips),
+                                       "steps": len(self.logsnrs)}})
+        return rows
 
 
 def parse_interval(text: str, parser: argparse.ArgumentParser):
@@ -84,6 +131,8 @@ def main() -> None:
                         "default: the config's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--trace", action="store_true",
+                   help="for each sample failing the shape check, print the step from which its x̂ fails it for good")
     p.add_argument("--png", default=None,
                    help="write the first 8 samples of each weight as a PNG grid (rows: samples; '{w}' in the name "
                         "becomes the weight), e.g. RUN/eval-w{w}.png")
@@ -99,13 +148,16 @@ def main() -> None:
     interval = parse_interval(args.interval, p)
     for w in args.guidance:
         start = time.time()
+        trace = ShapeTrace(system) if args.trace else None
         videos = sample_videos(system, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed, cond=cond,
-                               guidance=w, guidance_interval=interval)
+                               guidance=w, guidance_interval=interval, on_step=trace)
         row = {"checkpoint": str(ckpt), "guidance": system.cfg.sample.guidance if w is None else w,
                "interval": args.interval, "steps": args.steps or system.cfg.sample.steps,
                "sampler": args.sampler or system.cfg.sample.sampler,
                **score(videos, prompts), "sampling_s": round(time.time() - start, 1)}
         print(json.dumps(row), flush=True)
+        for line in trace.report(videos, prompts, consistency(videos)) if trace else ():
+            print(json.dumps(line), flush=True)
         if args.png:
             write_video(args.png.replace("{w}", f"{row['guidance']:g}"), videos[:8], fps=system.cfg.sample.fps)
 

@@ -270,6 +270,7 @@ def sample_videos(
     guidance_interval: Optional[Interval] | str = "config",
     precision: str = "auto",
     progress: bool = True,
+    on_step: Optional[Callable[[int, int, float, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Draw ``num`` videos ``[num, C, F, H, W]`` in [-1, 1] (float32, on CPU), decoded by the space.
 
@@ -281,6 +282,11 @@ def sample_videos(
     :func:`guidance_weight` (``guidance`` / ``guidance_low`` / ``guidance_interval``, defaults from
     ``cfg.sample``): one batched forward of 2B per step against the same conditioning with text and
     labels dropped. Weight 0 is plain conditional sampling (one forward of B).
+
+    ``on_step(first, step, logsnr, x_hat)`` (optional) is called after each sampler step of each batch:
+    ``first`` is the index of the batch's first sample, ``logsnr`` the noise level the step evaluated the
+    model at, ``x_hat [b, ...]`` its clean estimate in the model's space (pixels for pixel-space systems,
+    undecoded latents otherwise): for watching where along the noise levels a sample takes its form.
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be >= 1, got num={num}, batch_size={batch_size}")
@@ -302,7 +308,12 @@ def sample_videos(
         z = run.initial((b, *shape), generator, device)
         c = cond.map(lambda t: t[start:start + b].to(device)) if cond is not None else None
         denoise = apply_guidance(system, net, complete_context(system, c, z), weight)
-        video = run(net.track(denoise), z, generator=generator, callback=lambda *a: bar.update(1))
+        def step_done(i: int, total: int, z_i: torch.Tensor, x_hat: torch.Tensor, first: int = start) -> None:
+            bar.update(1)
+            if on_step is not None:
+                on_step(first, i, float(run.grid[i]), x_hat)
+
+        video = run(net.track(denoise), z, generator=generator, callback=step_done)
         require_finite(video, f"samples {start + 1}-{start + b} of {num}")  # NaN would be written as black
         outputs.append(system.space.decode(video).cpu())
     bar.close()
