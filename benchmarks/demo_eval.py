@@ -95,11 +95,11 @@ class ShapeTrace:
                 continue
             row = {"trace": i, "prompt": prompts[i], "failed": [c for c in ("present", "color", "shape", "motion")
                                                                 if not check[c]], "shapes": check["shapes"]}
-            if "shape" in row["failed"]:
-                k = failing_since(self.passes[i])
+            k = failing_since(self.passes[i])
+            if "shape" in row["failed"] and k < len(self.passes[i]):  # (an object under min_pixels passes here)
                 row.update(shape_fails_from_step=k, from_logsnr=round(self.logsnrs[k], 2))
             rows.append(row)
-        flips = [r for r in rows if "shape" in r["failed"]]
+        flips = [r for r in rows if "from_logsnr" in r]
         rows.append({"trace_summary": {"failing": len(rows), "shape_failures": len(flips),
                                        "set_at_logsnr_below_0": sum(r["from_logsnr"] < 0 for r in flips),
                                        "steps": len(self.logsnrs)}})
