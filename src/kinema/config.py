@@ -55,6 +55,7 @@ class DiffusionConfig:
     weighting: Literal["eps", "x", "v", "min_snr"] = "v"  # the loss's weighting, see diffusion/objective.py
     min_snr_gamma: float = 5.0
     high_noise_weight: float = 1.0  # the loss weight's factor at log-SNR -> -inf (1 at +inf; sigmoid(-log-SNR) between)
+    max_weight: float = 0.0  # cap on the loss weight in units of the x-error (0: none), see diffusion/objective.py
     t_sampling: Literal["stratified", "uniform"] = "stratified"
     frame_noise_corr: float = 0.0  # correlation of the noise between frames (PYoCo mixed noise, diffusion/noise.py)
 

@@ -105,7 +105,8 @@ def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None
     hooks = (GuidanceDropout(t.cond_dropout), ContextFrames(t.context)) + _sr_hooks(cfg, spec)
     self_condition = SELF_CONDITION_PROB if "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
-                              hooks, self_condition, noise_prior(d.frame_noise_corr), d.high_noise_weight)
+                              hooks, self_condition, noise_prior(d.frame_noise_corr), d.high_noise_weight,
+                              d.max_weight)
 
 
 # ---- distillation ---------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -170,6 +172,48 @@ def test_high_noise_weight_scales_the_high_noise_end_only():
         torch.testing.assert_close(ratio, torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="high_noise_weight must be > 0, got 0"):
         loss_weight(lam, "v", "v", high_noise_weight=0.0)
+
+
+def test_max_weight_caps_the_weight_in_x_units():
+    """diffusion.max_weight caps the target weighting (in units of the x-error) before it is turned into a
+    factor on the parameterization's own MSE: with x-prediction and v weighting the factor is min(1 + SNR, cap)."""
+    lam = torch.tensor([-10.0, 0.0, math.log(99.0), 8.0, 15.0], dtype=torch.float64)
+    snr = lam.exp()
+    torch.testing.assert_close(loss_weight(lam, "v", "x"), 1 + snr)
+    torch.testing.assert_close(loss_weight(lam, "v", "x", max_weight=100.0), (1 + snr).clamp(max=100.0))
+    # the same cap seen from v-prediction: a factor of 1 below the cap, cap / (1 + SNR) above it
+    capped = loss_weight(lam, "v", "v", max_weight=100.0)
+    torch.testing.assert_close(capped[:3], torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(capped[3:], 100.0 / (1 + snr[3:]))
+    torch.testing.assert_close(loss_weight(lam, "min_snr", "x", max_weight=3.0), snr.clamp(max=3.0))
+    with pytest.raises(ValueError, match=r"max_weight must be >= 0 .*got -1$"):
+        loss_weight(lam, "v", "x", max_weight=-1.0)
+
+
+def test_max_weight_reaches_the_training_loss():
+    """diffusion.max_weight goes from the config through build_objective into the loss: with the same draws
+    and a clip at log-SNR above the cap, the capped loss is the plain one times cap / (1 + SNR)."""
+    seen = []
+
+    def net(z, logsnr, cond):
+        seen.append(logsnr.double())
+        return 0.5 * z
+
+    x = torch.randn(1, 3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.001], dtype=torch.float64)  # near t = 0: log-SNR well above log(cap - 1)
+    losses = {}
+    for cap in (0.0, 10.0):
+        objective = build_objective(load_config("demo_text", ["diffusion.parameterization=x",
+                                                              f"diffusion.max_weight={cap}"]))
+        assert objective.max_weight == cap
+        losses[cap] = diffusion_loss(net, x, schedule=objective.schedule, parameterization="x", weighting="v",
+                                     max_weight=objective.max_weight, t=t,
+                                     noise=torch.zeros_like(x)).loss
+    lam = seen[0][0]
+    assert lam > math.log(9.0)
+    torch.testing.assert_close(losses[10.0], (losses[0.0] * 10.0 / (1 + lam.exp())).float())
+    with pytest.raises(ValueError, match=r"max_weight must be >= 0 .*got -2$"):
+        build_objective(load_config("demo_text", ["diffusion.max_weight=-2"]))
 
 
 def test_high_noise_weight_reaches_the_training_loss():

@@ -155,7 +155,7 @@ def sample_t(batch: int, method: str = "stratified", *, generator: Optional[torc
 
 
 def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterization, min_snr_gamma: float = 5.0,
-                high_noise_weight: float = 1.0) -> Tensor:
+                high_noise_weight: float = 1.0, max_weight: float = 0.0) -> Tensor:
     """Per-example factor that turns the MSE in the parameterization's own space into the
     chosen weighting. ``logsnr [B]`` -> ``[B]`` float64.
 
@@ -167,9 +167,15 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
 
     ``high_noise_weight`` h multiplies any of them by 1 + (h - 1) sigmoid(-lambda): h at the
     high-noise end, (1 + h) / 2 at lambda = 0, 1 at the low-noise end; h = 1 leaves the weighting as it is.
+    ``max_weight`` (> 0) caps the result, in x-error units. It matters for an x-predicting net trained
+    with the v weighting (as in JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models
+    Denoise"): there the weight 1 + SNR grows without bound at the low-noise end (~3e6 at log-SNR 15);
+    400 stops it at log-SNR ~6. 0 leaves it uncapped.
     """
     if not high_noise_weight > 0:
         raise ValueError(f"diffusion.high_noise_weight must be > 0, got {high_noise_weight}")
+    if not max_weight >= 0:
+        raise ValueError(f"diffusion.max_weight must be >= 0 (0: no cap), got {max_weight:g}")
     _check_parameterization(parameterization)
     snr = torch.exp(logsnr.to(torch.float64))
     in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}
@@ -181,6 +187,8 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
         raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
     if high_noise_weight != 1.0:
         target = target * (1.0 + (high_noise_weight - 1.0) * torch.sigmoid(-logsnr.to(torch.float64)))
+    if max_weight > 0:
+        target = torch.clamp(target, max=max_weight)
     return target / in_x_units[parameterization]
 
 
@@ -202,6 +210,7 @@ def diffusion_loss(
     weighting: str = "v",
     min_snr_gamma: float = 5.0,
     high_noise_weight: float = 1.0,
+    max_weight: float = 0.0,
     t_sampling: str = "stratified",
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
@@ -232,7 +241,8 @@ def diffusion_loss(
         per_example = (sq * fw).flatten(1).sum(1) / (fw.flatten(1).sum(1) * sq[0, :, 0].numel()).clamp_min(1e-8)
     else:
         per_example = sq.flatten(1).mean(1)
-    weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma, high_noise_weight).to(per_example)
+    weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma, high_noise_weight,
+                         max_weight).to(per_example)
     per_example = per_example * weight
     return LossOutput(per_example.mean(), per_example, t, logsnr)
 
@@ -342,7 +352,7 @@ class DiffusionObjective:
     trains a backbone that reads ``cond.self_cond`` with :func:`self_conditioned`. Random draws, in order:
     the hooks', then t, then the noise, then (with self-conditioning) one U(0, 1) per item, all through
     ``rng``. ``logs`` are detached scalar tensors (no host sync). ``high_noise_weight`` scales the
-    weighting towards the high-noise end (:func:`loss_weight`).
+    weighting towards the high-noise end, ``max_weight`` caps it (:func:`loss_weight`).
     """
 
     schedule: Schedule
@@ -354,12 +364,15 @@ class DiffusionObjective:
     self_condition: float = 0.0
     noise: NoisePrior = standard_normal  # the forward process's noise prior (diffusion/noise.py)
     high_noise_weight: float = 1.0
+    max_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_condition <= 1.0:
             raise ValueError(f"self_condition is a probability in [0, 1], got {self.self_condition}")
         if not self.high_noise_weight > 0:
             raise ValueError(f"diffusion.high_noise_weight must be > 0, got {self.high_noise_weight}")
+        if not self.max_weight >= 0:
+            raise ValueError(f"diffusion.max_weight must be >= 0 (0: no cap), got {self.max_weight:g}")
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
@@ -376,6 +389,6 @@ class DiffusionObjective:
             net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization)
         out = diffusion_loss(net, x, cond, schedule=self.schedule, parameterization=self.parameterization,
                              weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
-                             high_noise_weight=self.high_noise_weight, t=t, noise=noise,
+                             high_noise_weight=self.high_noise_weight, max_weight=self.max_weight, t=t, noise=noise,
                              frame_weight=frame_weight)
         return out.loss, {"loss": out.loss.detach()}
