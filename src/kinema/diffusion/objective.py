@@ -154,6 +154,13 @@ def sample_t(batch: int, method: str = "stratified", *, generator: Optional[torc
     raise ValueError(f"unknown t sampling {method!r}; choose one of {T_SAMPLINGS}")
 
 
+def _check_weight_options(high_noise_weight: float, max_weight: float) -> None:
+    if not high_noise_weight > 0:
+        raise ValueError(f"diffusion.high_noise_weight must be > 0, got {high_noise_weight}")
+    if not max_weight >= 0:
+        raise ValueError(f"diffusion.max_weight must be >= 0 (0: no cap), got {max_weight:g}")
+
+
 def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterization, min_snr_gamma: float = 5.0,
                 high_noise_weight: float = 1.0, max_weight: float = 0.0) -> Tensor:
     """Per-example factor that turns the MSE in the parameterization's own space into the
@@ -172,10 +179,7 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
     Denoise"): there the weight 1 + SNR grows without bound at the low-noise end (~3e6 at log-SNR 15);
     400 stops it at log-SNR ~6. 0 leaves it uncapped.
     """
-    if not high_noise_weight > 0:
-        raise ValueError(f"diffusion.high_noise_weight must be > 0, got {high_noise_weight}")
-    if not max_weight >= 0:
-        raise ValueError(f"diffusion.max_weight must be >= 0 (0: no cap), got {max_weight:g}")
+    _check_weight_options(high_noise_weight, max_weight)
     _check_parameterization(parameterization)
     snr = torch.exp(logsnr.to(torch.float64))
     in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}
@@ -369,10 +373,7 @@ class DiffusionObjective:
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_condition <= 1.0:
             raise ValueError(f"self_condition is a probability in [0, 1], got {self.self_condition}")
-        if not self.high_noise_weight > 0:
-            raise ValueError(f"diffusion.high_noise_weight must be > 0, got {self.high_noise_weight}")
-        if not self.max_weight >= 0:
-            raise ValueError(f"diffusion.max_weight must be >= 0 (0: no cap), got {self.max_weight:g}")
+        _check_weight_options(self.high_noise_weight, self.max_weight)  # at build time, not at the first step
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
