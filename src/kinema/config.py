@@ -52,6 +52,7 @@ class DiffusionConfig:
     shift_base_resolution: int = 64  # shifted_cosine: shift = 2 log(base / data.size); interpolated_cosine: at t = 0
     shift_end_base_resolution: int = 64  # interpolated_cosine: the shift at t = 1 (e.g. half data.size: more noise there)
     parameterization: Literal["eps", "x", "v"] = "v"
+    sigma_data: float = 1.0  # v only: EDM's preconditioning scale (1 = plain v), see diffusion/objective.py
     weighting: Literal["eps", "x", "v", "min_snr"] = "v"  # the loss's weighting, see diffusion/objective.py
     min_snr_gamma: float = 5.0
     high_noise_weight: float = 1.0  # the loss weight's factor at log-SNR -> -inf (1 at +inf; sigmoid(-log-SNR) between)

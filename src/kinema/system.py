@@ -106,7 +106,7 @@ def build_objective(cfg: KinemaConfig, spec: Optional[BackboneSpec] = None
     self_condition = SELF_CONDITION_PROB if "self_cond" in spec.reads else 0.0
     return DiffusionObjective(build_schedule(cfg), d.parameterization, d.weighting, d.min_snr_gamma, d.t_sampling,
                               hooks, self_condition, noise_prior(d.frame_noise_corr), d.high_noise_weight,
-                              d.max_weight)
+                              d.max_weight, d.sigma_data)
 
 
 # ---- distillation ---------------------------------------------------------------------------------
@@ -135,7 +135,8 @@ def build_distillation_objective(cfg: KinemaConfig, hooks: tuple = ()) -> Distil
     return DistillationObjective(build_schedule(cfg), dc.stage, cfg.diffusion.parameterization,
                                  teacher_cfg.diffusion.parameterization, dc.student_steps, cfg.sample.spacing,
                                  dc.w_range if dc.guided else None, takes_guidance_weight(teacher_cfg),
-                                 cfg.diffusion.t_sampling, hooks, noise_prior(cfg.diffusion.frame_noise_corr))
+                                 cfg.diffusion.t_sampling, hooks, noise_prior(cfg.diffusion.frame_noise_corr),
+                                 cfg.diffusion.sigma_data, teacher_cfg.diffusion.sigma_data)
 
 
 def _teacher_path(cfg: KinemaConfig) -> str:

@@ -13,6 +13,7 @@ from kinema.diffusion.objective import (
     diffusion_loss,
     loss_weight,
     output_from_prediction,
+    preconditioning,
     prediction_from_output,
     sample_t,
 )
@@ -36,6 +37,49 @@ def test_parameterization_round_trip(param):
     pred = prediction_from_output(out, z, alpha, sigma, param)
     torch.testing.assert_close(pred.x, x, rtol=0, atol=1e-9)
     torch.testing.assert_close(pred.eps, eps, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("sigma_data", [0.25, 0.5, 2.0])
+def test_sigma_data_round_trip_and_plain_v_at_one(sigma_data):
+    """EDM's preconditioning of the v output: output -> (x_hat, eps_hat) inverts target, and s = 1 is plain v."""
+    x, eps, alpha, sigma, z = _setup()
+    out = output_from_prediction(x, eps, alpha, sigma, "v", sigma_data)
+    pred = prediction_from_output(out, z, alpha, sigma, "v", sigma_data)
+    torch.testing.assert_close(pred.x, x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(pred.eps, eps, rtol=0, atol=1e-9)
+    c_skip, c_out, _ = preconditioning(alpha, sigma, 1.0)
+    torch.testing.assert_close(c_skip, alpha)
+    torch.testing.assert_close(c_out, sigma)
+    torch.testing.assert_close(output_from_prediction(x, eps, alpha, sigma, "v", 1.0), alpha * eps - sigma * x)
+
+
+@pytest.mark.parametrize("sigma_data", [0.25, 0.5, 1.0])
+def test_sigma_data_gives_a_unit_variance_target_and_moves_the_crossover(sigma_data):
+    """For data of standard deviation s the target has unit variance at every noise level (Karras et al. 2022,
+    appendix B.6), and the output switches from predicting x (c_skip alpha ~ 0) to correcting z (~ 1), passing
+    1/2 at log-SNR = -2 log s."""
+    g = torch.Generator().manual_seed(3)
+    logsnr = torch.tensor([-10.0, -2.0, 0.0, 3.0, 10.0], dtype=torch.float64)
+    x = sigma_data * torch.randn(5, 200_000, generator=g, dtype=torch.float64)
+    eps = torch.randn(5, 200_000, generator=g, dtype=torch.float64)
+    alpha, sigma = coefficients(logsnr, x)
+    target = output_from_prediction(x, eps, alpha, sigma, "v", sigma_data)
+    torch.testing.assert_close(target.var(dim=1), torch.ones(5, dtype=torch.float64), rtol=0, atol=0.02)
+    mid = torch.tensor([-2 * math.log(sigma_data), -10.0, 10.0], dtype=torch.float64)
+    a, s = coefficients(mid, mid[:, None])
+    c_skip, _, _ = preconditioning(a, s, sigma_data)
+    torch.testing.assert_close((c_skip * a).flatten(), torch.tensor([0.5, 0.0, 1.0], dtype=torch.float64),
+                               rtol=0, atol=5e-4 / sigma_data ** 2)
+
+
+def test_sigma_data_is_checked():
+    x, eps, alpha, sigma, z = _setup()
+    with pytest.raises(ValueError, match=r"sigma_data must be > 0, got 0$"):
+        output_from_prediction(x, eps, alpha, sigma, "v", 0.0)
+    with pytest.raises(ValueError, match=r"sigma_data=0.5 applies to parameterization 'v' only, got .* 'x'"):
+        Denoiser(lambda z, lam, c: z, "x", 0.5)
+    with pytest.raises(ValueError, match=r"sigma_data=0.5 applies to parameterization 'v' only.*'eps'"):
+        build_objective(load_config("demo_text", ["diffusion.parameterization=eps", "diffusion.sigma_data=0.5"]))
 
 
 def test_v_definition_and_cross_conversions():
@@ -64,10 +108,12 @@ def test_stratified_t_is_low_discrepancy():
         sample_t(4, "sobol")
 
 
-@pytest.mark.parametrize("param", ["eps", "x", "v"])
+@pytest.mark.parametrize("param", ["eps", "x", "v", ("v", 0.5), ("v", 0.25)])
 @pytest.mark.parametrize("weighting", ["eps", "x", "v", "min_snr"])
 def test_weighted_losses_agree_across_parameterizations(param, weighting):
-    """The same imperfect denoiser gives the same weighted loss whatever space the net outputs."""
+    """The same imperfect denoiser gives the same weighted loss whatever space the net outputs (for v, with
+    any sigma_data: the weightings are defined in units of the x-error)."""
+    param, sigma_data = param if isinstance(param, tuple) else (param, 1.0)
     x, eps, alpha, sigma, z = _setup()
     t = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
     schedule = Schedule()
@@ -77,11 +123,12 @@ def test_weighted_losses_agree_across_parameterizations(param, weighting):
             a, s = coefficients(logsnr.to(torch.float64), z_)
             x_hat = 0.8 * z_ * a  # a deliberately wrong estimate of x
             eps_hat = (z_ - a * x_hat) / s
-            return output_from_prediction(x_hat, eps_hat, a, s, p)
+            return output_from_prediction(x_hat, eps_hat, a, s, p, sigma_data if p == param else 1.0)
         return net
 
     ref = diffusion_loss(net_for("x"), x, schedule=schedule, parameterization="x", weighting=weighting, t=t, noise=eps)
-    got = diffusion_loss(net_for(param), x, schedule=schedule, parameterization=param, weighting=weighting, t=t, noise=eps)
+    got = diffusion_loss(net_for(param), x, schedule=schedule, parameterization=param, weighting=weighting, t=t,
+                         noise=eps, sigma_data=sigma_data)
     torch.testing.assert_close(got.per_example, ref.per_example, rtol=1e-6, atol=1e-9)
 
 
@@ -236,3 +283,34 @@ def test_high_noise_weight_reaches_the_training_loss():
     torch.testing.assert_close(losses[3.0], losses[1.0] * factor[0])
     with pytest.raises(ValueError, match="high_noise_weight must be > 0, got -1"):
         build_objective(load_config("demo_text", ["diffusion.high_noise_weight=-1"]))
+
+
+def test_sigma_data_reaches_the_training_loss_and_the_sampler():
+    """diffusion.sigma_data goes from the config into the objective and into the sampling denoiser: a net that
+    outputs the exact target for that s has zero loss, the same net judged with plain v does not, and the
+    sampling pipeline's denoiser turns its output back into the clean clip."""
+    from kinema.pipelines.sample import SamplingNet
+    from kinema.system import build_system
+
+    x = torch.rand(1, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def exact(s):
+        def net(z, logsnr, cond):
+            alpha, sigma = coefficients(logsnr.double(), z)
+            eps = (z - alpha * x) / sigma
+            return output_from_prediction(x, eps, alpha, sigma, "v", s).float()
+        return net
+
+    cfg = load_config("demo_text", ["diffusion.sigma_data=0.5"])
+    objective = build_objective(cfg)
+    assert objective.sigma_data == 0.5
+    batch = TrainBatch(x, Conditioning(), {})
+    right, _ = objective({"model": exact(0.5)}, batch, LocalRandom(torch.Generator().manual_seed(0), 1))
+    wrong, _ = objective({"model": exact(1.0)}, batch, LocalRandom(torch.Generator().manual_seed(0), 1))
+    assert float(right) < 1e-8 < 1e-3 < float(wrong)
+    system = build_system(cfg)
+    sampling = SamplingNet(system)
+    assert sampling.denoiser.sigma_data == 0.5
+    sampling.denoiser.net = exact(0.5)
+    z = 0.8 * x + 0.6 * torch.randn_like(x)
+    torch.testing.assert_close(sampling.denoiser(z, math.log(0.8 ** 2 / 0.6 ** 2)).x, x, rtol=0, atol=1e-5)

@@ -32,7 +32,7 @@ from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, w
 from kinema.diffusion.guidance import guided_denoiser
 from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import (BatchRandom, Denoise, Denoiser, Parameterization, Prediction, TrainBatch,
-                                        coefficients, hook_input, sample_t, segments_for)
+                                        _check_parameterization, coefficients, hook_input, sample_t, segments_for)
 from kinema.diffusion.schedule import Schedule, sampling_grid
 
 Stage = Literal["guided", "progressive"]
@@ -176,8 +176,12 @@ class DistillationObjective:
     t_sampling: str = "stratified"
     hooks: tuple = ()  # conditioning hooks the teacher trained with (e.g. an SR stage's low-res input)
     noise: NoisePrior = standard_normal  # the teacher's noise prior (diffusion/noise.py)
+    sigma_data: float = 1.0  # the student's v preconditioning (diffusion/objective.py, preconditioning)
+    teacher_sigma_data: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_parameterization(self.parameterization, self.sigma_data)
+        _check_parameterization(self.teacher_parameterization, self.teacher_sigma_data)
         if self.stage not in ("guided", "progressive"):
             raise ValueError(f"unknown distillation stage {self.stage!r}; choose guided or progressive")
         if self.stage == "guided" and self.w_range is None:
@@ -208,12 +212,12 @@ class DistillationObjective:
                                               segments_for(segments, m)))
         alpha, sigma = coefficients(levels[0], x)
         z = alpha * x + sigma * noise  # [B, C, F, H, W]
-        teacher = teacher_denoiser(Denoiser(parts["teacher"], self.teacher_parameterization), cond, w,
-                                   self.teacher_takes_w)
+        teacher_net = Denoiser(parts["teacher"], self.teacher_parameterization, self.teacher_sigma_data)
+        teacher = teacher_denoiser(teacher_net, cond, w, self.teacher_takes_w)
         with torch.no_grad():
             target = teacher(z, levels[0]).x if self.stage == "guided" else progressive_target(teacher, z, *levels)
         student_cond = with_guidance_weight(cond, w) if w is not None else cond
-        x_hat = Denoiser(parts["model"], self.parameterization)(z, levels[0], student_cond).x
+        x_hat = Denoiser(parts["model"], self.parameterization, self.sigma_data)(z, levels[0], student_cond).x
         loss = distillation_loss(x_hat, target, levels[0]).mean()
         return loss, {"loss": loss.detach()}
 

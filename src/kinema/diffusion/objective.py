@@ -7,6 +7,10 @@ predict the noise eps, the data x, or the velocity v = alpha eps - sigma x (Sali
     x = (z - sigma eps) / alpha        eps = (z - alpha x) / sigma
     x = alpha z - sigma v              eps = sigma z + alpha v
 
+v-prediction is EDM's preconditioning (Karras et al. 2022, "Elucidating the Design Space", Table 1)
+with sigma_data = 1, written for a variance-preserving z. ``sigma_data`` s != 1 moves where the
+network's output switches from predicting the data to correcting z (see :func:`preconditioning`).
+
 The training side is an *objective*: a configured callable ``objective(parts, batch, rng) ->
 (loss, logs)`` (:class:`DiffusionObjective`), the only code that knows what a training step
 computes; the trainer runs it and knows no diffusion.
@@ -84,33 +88,62 @@ def eps_from_v(z: Tensor, v: Tensor, alpha, sigma) -> Tensor:
     return sigma * z + alpha * v
 
 
-def _check_parameterization(parameterization: str) -> None:
+def _check_parameterization(parameterization: str, sigma_data: float = 1.0) -> None:
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+    if not sigma_data > 0:
+        raise ValueError(f"diffusion.sigma_data must be > 0, got {sigma_data:g}")
+    if sigma_data != 1.0 and parameterization != "v":
+        raise ValueError(f"diffusion.sigma_data={sigma_data:g} applies to parameterization 'v' only, "
+                         f"got parameterization {parameterization!r}")
 
 
-def prediction_from_output(output: Tensor, z: Tensor, alpha, sigma, parameterization: Parameterization) -> Prediction:
+def preconditioning(alpha, sigma, sigma_data: float) -> tuple:
+    """EDM's skip and output scales (Karras et al. 2022, Table 1 and appendix B.6) for
+    z = alpha x + sigma eps: with D^2 = alpha^2 s^2 + sigma^2 and s = ``sigma_data``,
+
+        x_hat = c_skip z - c_out F,   c_skip = alpha s^2 / D^2,   c_out = sigma s / D,
+
+    the choice that gives the target F unit variance for data of second moment s^2. s = 1 is
+    v-prediction (D = 1: x_hat = alpha z - sigma v). The output switches from predicting the data
+    (c_skip ~ 0) to correcting z (c_skip alpha ~ 1) around SNR = 1 / s^2, i.e. log-SNR = -2 log s.
+    Returns ``(c_skip, c_out, D)``, broadcast like ``alpha``."""
+    d = (alpha * alpha * sigma_data ** 2 + sigma * sigma) ** 0.5
+    return alpha * sigma_data ** 2 / d ** 2, sigma * sigma_data / d, d
+
+
+def prediction_from_output(output: Tensor, z: Tensor, alpha, sigma, parameterization: Parameterization,
+                           sigma_data: float = 1.0) -> Prediction:
     """Turn a network output in ``parameterization`` into (x_hat, eps_hat), given z_t.
 
     Shapes: ``output, z [B, ...]``; ``alpha, sigma`` broadcastable. Exact inverse of
-    :func:`output_from_prediction`.
+    :func:`output_from_prediction`. ``sigma_data`` (v only, see :func:`preconditioning`):
+    eps_hat = (z - alpha x_hat) / sigma = sigma z / D^2 + alpha s F / D, with no division by sigma.
     """
-    _check_parameterization(parameterization)
+    _check_parameterization(parameterization, sigma_data)
     if parameterization == "eps":
         return Prediction(x_from_eps(z, output, alpha, sigma), output)
     if parameterization == "x":
         return Prediction(output, eps_from_x(z, output, alpha, sigma))
-    return Prediction(x_from_v(z, output, alpha, sigma), eps_from_v(z, output, alpha, sigma))
+    if sigma_data == 1.0:
+        return Prediction(x_from_v(z, output, alpha, sigma), eps_from_v(z, output, alpha, sigma))
+    c_skip, c_out, d = preconditioning(alpha, sigma, sigma_data)
+    return Prediction(c_skip * z - c_out * output, sigma * z / d ** 2 + alpha * sigma_data * output / d)
 
 
-def output_from_prediction(x: Tensor, eps: Tensor, alpha, sigma, parameterization: Parameterization) -> Tensor:
-    """The target a network in ``parameterization`` should output for data x and noise eps."""
-    _check_parameterization(parameterization)
+def output_from_prediction(x: Tensor, eps: Tensor, alpha, sigma, parameterization: Parameterization,
+                           sigma_data: float = 1.0) -> Tensor:
+    """The target a network in ``parameterization`` should output for data x and noise eps.
+    With ``sigma_data`` s (v only): F = (c_skip z - x) / c_out = (alpha s^2 eps - sigma x) / (s D)."""
+    _check_parameterization(parameterization, sigma_data)
     if parameterization == "eps":
         return eps
     if parameterization == "x":
         return x
-    return v_from_x_eps(x, eps, alpha, sigma)
+    if sigma_data == 1.0:
+        return v_from_x_eps(x, eps, alpha, sigma)
+    _, _, d = preconditioning(alpha, sigma, sigma_data)
+    return (alpha * sigma_data ** 2 * eps - sigma * x) / (sigma_data * d)
 
 
 Net = Callable[..., Tensor]
@@ -124,10 +157,11 @@ class Denoiser:
     ``logsnr`` may be a float or a ``[B]`` tensor; the backbone receives ``[B]`` in z's dtype.
     """
 
-    def __init__(self, net: Net, parameterization: Parameterization = "v") -> None:
-        _check_parameterization(parameterization)
+    def __init__(self, net: Net, parameterization: Parameterization = "v", sigma_data: float = 1.0) -> None:
+        _check_parameterization(parameterization, sigma_data)
         self.net = net
         self.parameterization = parameterization
+        self.sigma_data = sigma_data
 
     def __call__(self, z: Tensor, logsnr, cond=None) -> Prediction:
         logsnr = torch.as_tensor(logsnr, dtype=torch.float64, device=z.device)
@@ -135,7 +169,7 @@ class Denoiser:
             logsnr = logsnr.expand(z.shape[0])
         output = self.net(z, logsnr.to(z.dtype), cond).to(z.dtype)
         alpha, sigma = coefficients(logsnr, z)
-        return prediction_from_output(output, z, alpha, sigma, self.parameterization)
+        return prediction_from_output(output, z, alpha, sigma, self.parameterization, self.sigma_data)
 
 
 def sample_t(batch: int, method: str = "stratified", *, generator: Optional[torch.Generator] = None,
@@ -162,7 +196,7 @@ def _check_weight_options(high_noise_weight: float, max_weight: float) -> None:
 
 
 def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterization, min_snr_gamma: float = 5.0,
-                high_noise_weight: float = 1.0, max_weight: float = 0.0) -> Tensor:
+                high_noise_weight: float = 1.0, max_weight: float = 0.0, sigma_data: float = 1.0) -> Tensor:
     """Per-example factor that turns the MSE in the parameterization's own space into the
     chosen weighting. ``logsnr [B]`` -> ``[B]`` float64.
 
@@ -178,15 +212,18 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
     with the v weighting (as in JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models
     Denoise"): there the weight 1 + SNR grows without bound at the low-noise end (~3e6 at log-SNR 15);
     400 stops it at log-SNR ~6. 0 leaves it uncapped.
+    With ``sigma_data`` s the v output's error is the x-error over c_out^2, i.e. weighs SNR + 1 / s^2 in
+    x-error units (:func:`preconditioning`); the weightings stay what they are in x-error units, so
+    ``weighting="v"`` keeps 1 + SNR whatever s is.
     """
     _check_weight_options(high_noise_weight, max_weight)
-    _check_parameterization(parameterization)
+    _check_parameterization(parameterization, sigma_data)
     snr = torch.exp(logsnr.to(torch.float64))
-    in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}
+    in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": snr + 1.0 / sigma_data ** 2}
     if weighting == "min_snr":
         target = torch.clamp(snr, max=min_snr_gamma)
     elif weighting in in_x_units:
-        target = in_x_units[weighting]
+        target = 1.0 + snr if weighting == "v" else in_x_units[weighting]
     else:
         raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
     if high_noise_weight != 1.0:
@@ -215,6 +252,7 @@ def diffusion_loss(
     min_snr_gamma: float = 5.0,
     high_noise_weight: float = 1.0,
     max_weight: float = 0.0,
+    sigma_data: float = 1.0,
     t_sampling: str = "stratified",
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
@@ -238,7 +276,7 @@ def diffusion_loss(
     alpha, sigma = coefficients(logsnr, x)
     z = alpha * x + sigma * noise
     output = net(z, logsnr.to(x.dtype), cond)
-    target = output_from_prediction(x, noise, alpha, sigma, parameterization)
+    target = output_from_prediction(x, noise, alpha, sigma, parameterization, sigma_data)
     sq = (output.float() - target.float()).pow(2)
     if frame_weight is not None:
         fw = frame_weight.to(sq.dtype)[:, None, :, None, None]
@@ -246,7 +284,7 @@ def diffusion_loss(
     else:
         per_example = sq.flatten(1).mean(1)
     weight = loss_weight(logsnr, weighting, parameterization, min_snr_gamma, high_noise_weight,
-                         max_weight).to(per_example)
+                         max_weight, sigma_data).to(per_example)
     per_example = per_example * weight
     return LossOutput(per_example.mean(), per_example, t, logsnr)
 
@@ -308,7 +346,7 @@ class LocalRandom:
 SELF_CONDITION_PROB = 0.5  # Chen et al. 2022 (Analog Bits), section 3: self-condition half of the training steps
 
 
-def self_conditioned(net: Net, use: Tensor, parameterization: Parameterization) -> Net:
+def self_conditioned(net: Net, use: Tensor, parameterization: Parameterization, sigma_data: float = 1.0) -> Net:
     """Self-conditioning in training (Chen et al. 2022, "Analog Bits", section 3, Algorithm 1):
     ``net'(z_t, logsnr, cond)`` where the items with ``use [B]`` (bool) first get an estimate
     ``x_hat = x(net(z_t, logsnr, cond without estimate))`` from a pass *without gradient*, then the trained
@@ -325,7 +363,7 @@ def self_conditioned(net: Net, use: Tensor, parameterization: Parameterization) 
                 z_s, logsnr_s = z[rows], logsnr[rows]
                 alpha, sigma = coefficients(logsnr_s.to(torch.float64), z_s)
                 x_hat[rows] = prediction_from_output(net(z_s, logsnr_s, sub).to(z.dtype), z_s, alpha, sigma,
-                                                     parameterization).x
+                                                     parameterization, sigma_data).x
         return net(z, logsnr, with_self_cond(cond, x_hat))
 
     return net_with_estimate
@@ -356,7 +394,8 @@ class DiffusionObjective:
     trains a backbone that reads ``cond.self_cond`` with :func:`self_conditioned`. Random draws, in order:
     the hooks', then t, then the noise, then (with self-conditioning) one U(0, 1) per item, all through
     ``rng``. ``logs`` are detached scalar tensors (no host sync). ``high_noise_weight`` scales the
-    weighting towards the high-noise end, ``max_weight`` caps it (:func:`loss_weight`).
+    weighting towards the high-noise end, ``max_weight`` caps it (:func:`loss_weight`); ``sigma_data`` is the v
+    output's preconditioning (:func:`preconditioning`).
     """
 
     schedule: Schedule
@@ -369,11 +408,13 @@ class DiffusionObjective:
     noise: NoisePrior = standard_normal  # the forward process's noise prior (diffusion/noise.py)
     high_noise_weight: float = 1.0
     max_weight: float = 0.0
+    sigma_data: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_condition <= 1.0:
             raise ValueError(f"self_condition is a probability in [0, 1], got {self.self_condition}")
         _check_weight_options(self.high_noise_weight, self.max_weight)  # at build time, not at the first step
+        _check_parameterization(self.parameterization, self.sigma_data)
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
@@ -387,9 +428,11 @@ class DiffusionObjective:
                                               segments_for(segments, n)))
         net = parts["model"]
         if self.self_condition > 0:
-            net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization)
+            net = self_conditioned(net, rng.uniform(x.shape[0]) < self.self_condition, self.parameterization,
+                                   self.sigma_data)
         out = diffusion_loss(net, x, cond, schedule=self.schedule, parameterization=self.parameterization,
                              weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
-                             high_noise_weight=self.high_noise_weight, max_weight=self.max_weight, t=t, noise=noise,
+                             high_noise_weight=self.high_noise_weight, max_weight=self.max_weight,
+                             sigma_data=self.sigma_data, t=t, noise=noise,
                              frame_weight=frame_weight)
         return out.loss, {"loss": out.loss.detach()}

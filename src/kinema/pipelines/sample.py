@@ -135,7 +135,7 @@ class SamplingNet:
     def __init__(self, system: System, precision: str = "auto") -> None:
         self.device = system.device
         self.amp = autocast_dtype(precision, self.device)
-        self.denoiser = Denoiser(system.model, system.cfg.diffusion.parameterization)
+        self.denoiser = Denoiser(system.model, system.cfg.diffusion.parameterization, system.cfg.diffusion.sigma_data)
         self.self_conditioned = "self_cond" in system.spec.reads
         self.x_hat: Optional[torch.Tensor] = None  # [B, C, F, H, W], the last estimate of this run
 

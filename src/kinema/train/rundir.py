@@ -41,7 +41,8 @@ EMPTY_LOCK_GRACE_S = 30.0  # an empty lock file older than this was left by a pr
 # resumed run no longer continues the original one exactly.
 RESUME_KEYS = ("data.dataset", "data.path", "data.num_frames", "data.size", "data.frame_stride", "data.render_scale", "data.fps",
                "data.seed", "train.batch_size", "train.grad_accum", "train.seed", "train.lr", "train.ema_decay",
-               "diffusion.parameterization", "diffusion.weighting", "diffusion.schedule", "diffusion.t_sampling",
+               "diffusion.parameterization", "diffusion.sigma_data", "diffusion.weighting", "diffusion.schedule",
+               "diffusion.t_sampling",
                "sr.spatial_factor", "sr.temporal_factor", "sr.aug_max")
 
 
