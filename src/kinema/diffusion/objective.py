@@ -219,18 +219,20 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
     _check_weight_options(high_noise_weight, max_weight)
     _check_parameterization(parameterization, sigma_data)
     snr = torch.exp(logsnr.to(torch.float64))
-    in_x_units = {"x": torch.ones_like(snr), "eps": snr, "v": snr + 1.0 / sigma_data ** 2}
+    weightings = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}  # in x-error units
+    # a unit squared error of each parameterization's output, in x-error units
+    output_error = {"x": weightings["x"], "eps": snr, "v": snr + 1.0 / sigma_data ** 2}
     if weighting == "min_snr":
         target = torch.clamp(snr, max=min_snr_gamma)
-    elif weighting in in_x_units:
-        target = 1.0 + snr if weighting == "v" else in_x_units[weighting]
+    elif weighting in weightings:
+        target = weightings[weighting]
     else:
         raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
     if high_noise_weight != 1.0:
         target = target * (1.0 + (high_noise_weight - 1.0) * torch.sigmoid(-logsnr.to(torch.float64)))
     if max_weight > 0:
         target = torch.clamp(target, max=max_weight)
-    return target / in_x_units[parameterization]
+    return target / output_error[parameterization]
 
 
 @dataclass
