@@ -32,7 +32,7 @@ from kinema.conditioning import LABEL_FIELDS, Conditioning, drop_conditioning, w
 from kinema.diffusion.guidance import guided_denoiser
 from kinema.diffusion.noise import NoisePrior, standard_normal
 from kinema.diffusion.objective import (BatchRandom, Denoise, Denoiser, Parameterization, Prediction, TrainBatch,
-                                        _check_parameterization, coefficients, hook_input, sample_t, segments_for)
+                                        check_parameterization, coefficients, hook_input, sample_t, segments_for)
 from kinema.diffusion.schedule import Schedule, sampling_grid
 
 Stage = Literal["guided", "progressive"]
@@ -180,8 +180,8 @@ class DistillationObjective:
     teacher_sigma_data: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_parameterization(self.parameterization, self.sigma_data)
-        _check_parameterization(self.teacher_parameterization, self.teacher_sigma_data)
+        check_parameterization(self.parameterization, self.sigma_data)
+        check_parameterization(self.teacher_parameterization, self.teacher_sigma_data)
         if self.stage not in ("guided", "progressive"):
             raise ValueError(f"unknown distillation stage {self.stage!r}; choose guided or progressive")
         if self.stage == "guided" and self.w_range is None:

@@ -88,7 +88,9 @@ def eps_from_v(z: Tensor, v: Tensor, alpha, sigma) -> Tensor:
     return sigma * z + alpha * v
 
 
-def _check_parameterization(parameterization: str, sigma_data: float = 1.0) -> None:
+def check_parameterization(parameterization: str, sigma_data: float = 1.0) -> None:
+    """ValueError naming the value unless ``parameterization`` is known and ``sigma_data`` fits it (> 0, and
+    != 1 only for v). Objectives call it when built, so a bad config fails before the first step."""
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
     if not sigma_data > 0:
@@ -120,7 +122,7 @@ def prediction_from_output(output: Tensor, z: Tensor, alpha, sigma, parameteriza
     :func:`output_from_prediction`. ``sigma_data`` (v only, see :func:`preconditioning`):
     eps_hat = (z - alpha x_hat) / sigma = sigma z / D^2 + alpha s F / D, with no division by sigma.
     """
-    _check_parameterization(parameterization, sigma_data)
+    check_parameterization(parameterization, sigma_data)
     if parameterization == "eps":
         return Prediction(x_from_eps(z, output, alpha, sigma), output)
     if parameterization == "x":
@@ -135,7 +137,7 @@ def output_from_prediction(x: Tensor, eps: Tensor, alpha, sigma, parameterizatio
                            sigma_data: float = 1.0) -> Tensor:
     """The target a network in ``parameterization`` should output for data x and noise eps.
     With ``sigma_data`` s (v only): F = (c_skip z - x) / c_out = (alpha s^2 eps - sigma x) / (s D)."""
-    _check_parameterization(parameterization, sigma_data)
+    check_parameterization(parameterization, sigma_data)
     if parameterization == "eps":
         return eps
     if parameterization == "x":
@@ -158,7 +160,7 @@ class Denoiser:
     """
 
     def __init__(self, net: Net, parameterization: Parameterization = "v", sigma_data: float = 1.0) -> None:
-        _check_parameterization(parameterization, sigma_data)
+        check_parameterization(parameterization, sigma_data)
         self.net = net
         self.parameterization = parameterization
         self.sigma_data = sigma_data
@@ -217,7 +219,7 @@ def loss_weight(logsnr: Tensor, weighting: str, parameterization: Parameterizati
     ``weighting="v"`` keeps 1 + SNR whatever s is.
     """
     _check_weight_options(high_noise_weight, max_weight)
-    _check_parameterization(parameterization, sigma_data)
+    check_parameterization(parameterization, sigma_data)
     snr = torch.exp(logsnr.to(torch.float64))
     weightings = {"x": torch.ones_like(snr), "eps": snr, "v": 1.0 + snr}  # in x-error units
     # a unit squared error of each parameterization's output, in x-error units
@@ -416,7 +418,7 @@ class DiffusionObjective:
         if not 0.0 <= self.self_condition <= 1.0:
             raise ValueError(f"self_condition is a probability in [0, 1], got {self.self_condition}")
         _check_weight_options(self.high_noise_weight, self.max_weight)  # at build time, not at the first step
-        _check_parameterization(self.parameterization, self.sigma_data)
+        check_parameterization(self.parameterization, self.sigma_data)
 
     def __call__(self, parts: Mapping[str, Callable], batch: TrainBatch, rng: BatchRandom) -> tuple[Tensor, dict]:
         x, cond, frame_weight = batch.x, batch.cond, None
