@@ -6,7 +6,7 @@ import torch
 
 from kinema.conditioning import Conditioning, drop_conditioning
 from kinema.models import UNet3D
-from kinema.models.attention import TextCrossAttention
+from kinema.models.attention import SpatialAttention, TextCrossAttention
 
 from model_helpers import randomize
 from models.test_unet import tiny_cfg
@@ -80,3 +80,31 @@ def test_text_shape_errors_name_the_tensor():
     plain = UNet3D(tiny_cfg())
     with pytest.raises(ValueError, match="not text-conditional"):
         plain(z, torch.zeros(1), Conditioning(text_emb=torch.randn(1, 4, 6)))
+
+
+def _cross_attention_channels(model):
+    return sorted(m.q.in_features for m in model.modules() if isinstance(m, TextCrossAttention))
+
+
+def test_text_levels_choose_where_the_text_is_read():
+    # levels 0 / 1 have 8 / 16 channels; the middle block (16) reads the text with its attention either way
+    default = UNet3D(tiny_cfg(text_dim=6, attn_levels=(1,)))
+    assert _cross_attention_channels(default) == [16, 16, 16, 16]  # 1 down + 2 up blocks at level 1, the middle
+    fine = randomize(UNet3D(tiny_cfg(text_dim=6, attn_levels=(1,), text_levels=(0, 1))), seed=2)
+    assert _cross_attention_channels(fine) == [8, 8, 8, 16, 16, 16, 16]
+    assert not any(isinstance(m, SpatialAttention) and m.norm.num_channels == 8 for m in fine.modules()), \
+        "level 0 gets the cross-attention alone, no spatial self-attention"
+    # the full-resolution blocks really read the tokens: with the pooled route zeroed and no attention
+    # elsewhere, the text changes the output when level 0 is in text_levels and not when it is not
+    z, logsnr, cond = torch.randn(1, 3, 2, 8, 8), torch.zeros(1), _text([[True, True]])
+    for levels, reads in (((0,), True), ((), False)):
+        model = randomize(UNet3D(tiny_cfg(text_dim=6, attn_levels=(), text_levels=levels, middle_attention=False)),
+                          seed=2)
+        torch.nn.init.zeros_(model.embedding.text.pool.weight)
+        change = (model(z, logsnr, cond) - model(z, logsnr, None)).abs().max()
+        assert (change > 1e-4) if reads else (change == 0), (levels, change)
+
+
+def test_text_levels_are_checked():
+    with pytest.raises(ValueError, match=r"text_levels \(2,\) must be distinct indices"):
+        tiny_cfg(text_dim=6, text_levels=(2,))

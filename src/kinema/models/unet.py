@@ -65,6 +65,10 @@ class UNetConfig:
     num_classes: int = 0  # > 0: class-conditional; a negative label (NULL_LABEL) or none is the null label
     extra_in_channels: int = 0  # channels from cond (lowres / context) concatenated to z before conv_in
     text_dim: int = 0  # > 0: text-conditional on cond.text_emb [B, L, text_dim] (cross-attention + pooled)
+    # Levels whose blocks cross-attend to the text (None: the attn_levels; the middle block reads it with its
+    # attention either way). A level outside attn_levels gets the cross-attention alone, without spatial
+    # self-attention: its keys are the few text tokens, so it is affordable even at full resolution
+    text_levels: tuple[int, ...] | None = None
     gradient_checkpointing: bool = False  # torch.utils.checkpoint per block while gradients are on
     norm_groups: int = 32  # GroupNorm groups: gcd(norm_groups, channels), = min(.., channels) if it divides
     # GroupNorm statistics per frame (VDM's factorized model; joint image-video items allowed) or over the whole
@@ -109,10 +113,14 @@ class UNetConfig:
             if not self.temporal_attention:
                 raise ValueError("UNetConfig: set temporal_mixing or temporal_attention=False, not both "
                                  "(temporal_attention=False is temporal_mixing = conv at every level)")
-        bad = [a for a in self.attn_levels if not 0 <= a < len(self.dim_mults)]
-        if bad or len(set(self.attn_levels)) != len(self.attn_levels):
-            raise ValueError(f"UNetConfig.attn_levels {self.attn_levels} must be distinct indices into "
-                             f"dim_mults {self.dim_mults} (0..{len(self.dim_mults) - 1})")
+        if self.text_levels is not None:
+            self.text_levels = tuple(self.text_levels)
+        for name in ("attn_levels", "text_levels"):
+            levels = getattr(self, name) or ()
+            bad = [a for a in levels if not 0 <= a < len(self.dim_mults)]
+            if bad or len(set(levels)) != len(levels):
+                raise ValueError(f"UNetConfig.{name} {levels} must be distinct indices into "
+                                 f"dim_mults {self.dim_mults} (0..{len(self.dim_mults) - 1})")
         if self.norm_stats not in ("frame", "clip"):
             raise ValueError(f"UNetConfig.norm_stats must be 'frame' or 'clip', got {self.norm_stats!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -124,7 +132,8 @@ class UNetConfig:
                              f"{self.rel_pos_buckets // 4}, got {self.rel_pos_max_distance}")
         middle = {len(self.dim_mults) - 1} if self.middle_attention else set()
         temporal = {lv for lv, m in enumerate(self.level_mixing()) if m in ATTENTION_MIXING}
-        for level in set(self.attn_levels) | middle | temporal:
+        text = set(self.text_levels or ()) if self.text_dim else set()
+        for level in set(self.attn_levels) | middle | temporal | text:
             ch = self.dim * self.dim_mults[level]
             heads = max(1, ch // self.head_dim)
             if ch % heads:
@@ -254,14 +263,17 @@ class UNet3D(nn.Module):
         return ResBlock(cin, cout, 4 * self.cfg.dim, self.cfg.dropout, self.cfg.norm_groups)
 
     def _level_mixers(self, ch: int, level: int) -> list[nn.Module]:
-        return self._mixers(ch, level in self.cfg.attn_levels, self.cfg.level_mixing()[level])
+        cfg = self.cfg
+        text_levels = cfg.attn_levels if cfg.text_levels is None else cfg.text_levels
+        return self._mixers(ch, level in cfg.attn_levels, cfg.level_mixing()[level], level in text_levels)
 
-    def _mixers(self, ch: int, attend: bool, temporal: str) -> list[nn.Module]:
-        """Layers after a ResBlock: spatial attention (+ text cross-attention) when ``attend``, then the
-        ``temporal`` mixing: temporal attention, a TemporalConv, or nothing (``none``)."""
+    def _mixers(self, ch: int, attend: bool, temporal: str, read_text: bool | None = None) -> list[nn.Module]:
+        """Layers after a ResBlock: spatial attention when ``attend``, text cross-attention when
+        ``read_text`` (default: ``attend``) and the net is text-conditional, then the ``temporal`` mixing:
+        temporal attention, a TemporalConv, or nothing (``none``)."""
         cfg = self.cfg
         layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
-        if attend and cfg.text_dim > 0:
+        if (attend if read_text is None else read_text) and cfg.text_dim > 0:
             layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
         if temporal in ATTENTION_MIXING:
             layers.append(ATTENTION_MIXING[temporal](ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
