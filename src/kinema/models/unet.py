@@ -240,8 +240,8 @@ class UNet3D(nn.Module):
         mid = cfg.middle_mixing()
         self.middle = nn.ModuleList([
             UNetBlock(self._res(ch, ch), self._mixers(ch, cfg.middle_attention, mid if cfg.middle_attention or
-                                                      mid == "conv" else "none")),
-            UNetBlock(self._res(ch, ch), self._mixers(ch, False, "conv" if mid == "conv" else "none")),
+                                                      mid == "conv" else "none", cfg.middle_attention)),
+            UNetBlock(self._res(ch, ch), self._mixers(ch, False, "conv" if mid == "conv" else "none", False)),
         ])
         self.up = nn.ModuleList()
         for level in reversed(range(levels)):
@@ -267,13 +267,13 @@ class UNet3D(nn.Module):
         text_levels = cfg.attn_levels if cfg.text_levels is None else cfg.text_levels
         return self._mixers(ch, level in cfg.attn_levels, cfg.level_mixing()[level], level in text_levels)
 
-    def _mixers(self, ch: int, attend: bool, temporal: str, read_text: bool | None = None) -> list[nn.Module]:
+    def _mixers(self, ch: int, attend: bool, temporal: str, read_text: bool) -> list[nn.Module]:
         """Layers after a ResBlock: spatial attention when ``attend``, text cross-attention when
-        ``read_text`` (default: ``attend``) and the net is text-conditional, then the ``temporal`` mixing:
-        temporal attention, a TemporalConv, or nothing (``none``)."""
+        ``read_text`` and the net is text-conditional, then the ``temporal`` mixing: temporal attention, a
+        TemporalConv, or nothing (``none``)."""
         cfg = self.cfg
         layers: list[nn.Module] = [SpatialAttention(ch, cfg.head_dim, cfg.norm_groups)] if attend else []
-        if (attend if read_text is None else read_text) and cfg.text_dim > 0:
+        if read_text and cfg.text_dim > 0:
             layers.append(TextCrossAttention(ch, cfg.text_dim, cfg.head_dim, cfg.norm_groups))
         if temporal in ATTENTION_MIXING:
             layers.append(ATTENTION_MIXING[temporal](ch, cfg.head_dim, cfg.norm_groups, cfg.rel_pos_buckets,
