@@ -120,6 +120,7 @@ class DataConfig:
     image_path: Optional[str] = None  # folder of images for joint training (default: frames of other clips)
     image_match: tuple[str, ...] = ()  # item keys an appended image's source must share with the clip, e.g. [caption]
     length: int = 100000  # items per epoch for the synthetic datasets
+    wall_margin: float = 0.0  # bouncing_shapes: the walls this fraction of the canvas inside its edges
     class_key: Optional[str] = None  # item key with an integer class id (e.g. color_id) -> class_labels
     num_workers: int = 0
     seed: int = 0

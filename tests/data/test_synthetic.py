@@ -194,3 +194,32 @@ def test_render_scale_is_refused_for_folders(tmp_path):
     cfg = load_config("demo_text", ["data.dataset=folder", f"data.path={tmp_path}", "data.render_scale=2"])
     with pytest.raises(ValueError, match="render_scale=2 applies to the synthetic datasets only"):
         build_dataset(cfg.data)
+
+
+def test_wall_margin_keeps_every_shape_that_far_from_the_edges():
+    """data.wall_margin: the shapes bounce (and start) wall_margin * size pixels inside the frame, with the same
+    captions, sizes and speeds; without it they reach the edges."""
+    from kinema.config import load_config
+    from kinema.data.factory import build_dataset
+
+    def gap_to_edge(ds, i):  # the smallest distance (px) between a lit pixel and the frame's edge, over the clip
+        lit = (ds[i]["video"] > -1).any(0)  # [F, H, W]
+        ys, xs = torch.nonzero(lit.any(0), as_tuple=True)
+        size = lit.shape[-1]
+        return int(min(ys.min(), xs.min(), size - 1 - ys.max(), size - 1 - xs.max()))
+
+    plain = BouncingShapes(num_frames=8, size=32, length=300, seed=2)
+    inset = build_dataset(load_config("demo_text", ["data.wall_margin=0.1", "data.seed=2", "data.length=300"]).data)
+    gaps = [gap_to_edge(inset, i) for i in range(300)]
+    assert min(gaps) >= 2 and np.median(gaps) >= 3  # 0.1 * 32 = 3.2 px, less up to a pixel of rasterization
+    assert min(gap_to_edge(plain, i) for i in range(300)) == 0  # without it some shape touches an edge
+    for i in range(20):
+        a, b = plain.params(i), inset.params(i)
+        assert plain[i]["caption"] == inset[i]["caption"] and a["radius"] == b["radius"]
+        # the same free speed: the median step (at most one of the 7 is shortened by a bounce)
+        steps = [np.median(np.linalg.norm(np.diff(p["centers"], axis=0), axis=1)) for p in (a, b)]
+        assert np.isclose(*steps)
+    with pytest.raises(ValueError, match="wall_margin must be in"):
+        BouncingShapes(wall_margin=0.3)
+    with pytest.raises(ValueError, match="wall_margin=0.1 applies to data.dataset=bouncing_shapes only"):
+        build_dataset(load_config("demo_text", ["data.dataset=moving_digits", "data.wall_margin=0.1"]).data)

@@ -20,8 +20,12 @@ def build_dataset(cfg) -> Dataset:
     if scale != 1 and cfg.dataset not in ("bouncing_shapes", "moving_digits"):
         raise ValueError(f"data.render_scale={scale} applies to the synthetic datasets only (bouncing_shapes, "
                          f"moving_digits), not data.dataset={cfg.dataset}; set data.render_scale=1")
+    if cfg.wall_margin and cfg.dataset != "bouncing_shapes":
+        raise ValueError(f"data.wall_margin={cfg.wall_margin} applies to data.dataset=bouncing_shapes only, not "
+                         f"{cfg.dataset}; set data.wall_margin=0")
     if cfg.dataset == "bouncing_shapes":
-        ds = BouncingShapes(num_frames=synthetic_frames, size=cfg.size * scale, length=cfg.length, seed=cfg.seed)
+        ds = BouncingShapes(num_frames=synthetic_frames, size=cfg.size * scale, length=cfg.length, seed=cfg.seed,
+                            wall_margin=cfg.wall_margin)
     elif cfg.dataset == "moving_digits":
         ds = MovingDigits(num_frames=synthetic_frames, size=cfg.size * scale, length=cfg.length, seed=cfg.seed,
                           mnist_path=cfg.path)

@@ -55,7 +55,9 @@ class BouncingShapes(Dataset):
     so motion is equally visible at any ``num_frames``. The shape's half-extent is
     ``U(0.14, 0.2) * size`` (at least 2 px), which leaves a free range of >= 0.6 ``size``;
     with the default speeds (<= 0.35) a clip bounces at most once, and in most clips not at
-    all. Caption: ``"a red square moving left"`` (the *initial* direction).
+    all. ``wall_margin`` (a fraction of ``size``, default 0) moves the walls that far inside the
+    canvas on every side: the shape then bounces, and stays, at least ``wall_margin * size`` pixels
+    from the edges. Caption: ``"a red square moving left"`` (the *initial* direction).
 
     Item: ``{"video": [3, F, size, size], "caption", "color_id", "shape_id", "direction_id"}``
     with ids indexing ``COLORS``, ``SHAPES``, ``DIRECTIONS``.
@@ -69,16 +71,20 @@ class BouncingShapes(Dataset):
     DIRECTION_VECTORS = np.array([[0, -1], [0, 1], [-1, 0], [1, 0]], np.float64)
     RADIUS_RANGE = (0.14, 0.2)
     MAX_DRIFT = 0.15
+    MAX_WALL_MARGIN = 0.2  # the largest shape (half-extent 0.2) then still has a free range of 0.2 of the canvas
 
     def __init__(self, num_frames: int = 16, size: int = 32, length: int = 10000, seed: int = 0,
-                 min_speed: float = 0.15, max_speed: float = 0.35) -> None:
+                 min_speed: float = 0.15, max_speed: float = 0.35, wall_margin: float = 0.0) -> None:
         if num_frames < 1 or size < 8 or length < 1:
             raise ValueError(f"BouncingShapes needs num_frames >= 1, size >= 8, length >= 1; got "
                              f"num_frames={num_frames}, size={size}, length={length}")
         if not 0 <= min_speed <= max_speed:
             raise ValueError(f"need 0 <= min_speed <= max_speed, got min_speed={min_speed}, max_speed={max_speed}")
+        if not 0 <= wall_margin <= self.MAX_WALL_MARGIN:
+            raise ValueError(f"wall_margin must be in [0, {self.MAX_WALL_MARGIN}] (a fraction of the canvas on each "
+                             f"side, leaving room for the largest shape to move), got {wall_margin}")
         self.num_frames, self.size, self.length, self.seed = num_frames, size, length, seed
-        self.min_speed, self.max_speed = min_speed, max_speed
+        self.min_speed, self.max_speed, self.wall_margin = min_speed, max_speed, wall_margin
 
     def __len__(self) -> int:
         return self.length
@@ -105,7 +111,7 @@ class BouncingShapes(Dataset):
         rng, color_id, shape_id, direction_id = self._ids(index)
         s, f = self.size, self.num_frames
         radius = max(2.0, rng.uniform(*self.RADIUS_RANGE) * s)
-        lo, hi = radius, s - radius
+        lo, hi = radius + self.wall_margin * s, s - radius - self.wall_margin * s
         start = rng.uniform(lo, hi, size=2)
         travel = rng.uniform(self.min_speed, self.max_speed) * s  # pixels over the whole clip
         drift = rng.uniform(-self.MAX_DRIFT, self.MAX_DRIFT)
